@@ -1,0 +1,556 @@
+//! Typed settings: defaults, then an optional `local.settings.json` `Values` block, then the
+//! process environment (the Functions host passes app settings as environment variables).
+//!
+//! Every external base URL is a setting so that tests and local runs can point the connector at
+//! fakes. Values are validated here, once, with messages that name the setting and say what a
+//! valid value looks like.
+
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use azure_core::credentials::Secret;
+use url::Url;
+
+use crate::mapping::{Mapping, MappingError};
+
+/// Default prefix of the only certificate location Partner Center has ever used.
+pub const DEFAULT_CERT_URL_PREFIX: &str = "https://3psostorageacct.blob.core.windows.net/cert/";
+/// Default Organization (O=) required in the webhook signing certificate's subject.
+pub const DEFAULT_CERT_ORGANIZATION: &str = "Microsoft Corporation";
+/// Default Entra ID authority.
+pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
+/// Default base of the Partner Center referrals API.
+pub const DEFAULT_PARTNER_CENTER_API_URL: &str = "https://api.partner.microsoft.com";
+/// Default base of the Partner Center webhook registration API.
+pub const DEFAULT_PARTNER_CENTER_WEBHOOK_API_URL: &str = "https://api.partnercenter.microsoft.com";
+/// Default name of the lead column that holds the referral id and carries the alternate key.
+pub const DEFAULT_REFERRAL_KEY_COLUMN: &str = "new_partnercenterreferralid";
+
+/// A problem with one setting, named so the operator knows what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value that does not parse.
+    #[error("setting {name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    /// A setting a feature needs but that is not set.
+    #[error("setting {name} is not set: {hint}")]
+    Missing { name: &'static str, hint: &'static str },
+    /// The mapping file named by `REFERRAL_MAPPING_FILE` is unusable.
+    #[error("REFERRAL_MAPPING_FILE {path}: {source}")]
+    Mapping {
+        path: String,
+        #[source]
+        source: MappingError,
+    },
+    /// The `--settings` file cannot be read.
+    #[error("settings file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+/// All settings of the connector.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Port the handler listens on (`FUNCTIONS_CUSTOMHANDLER_PORT`); 0 picks a free one.
+    pub port: u16,
+    /// Webhook authentication.
+    pub webhook: WebhookSettings,
+    /// Partner Center APIs and the delegated token.
+    pub partner_center: PartnerCenterSettings,
+    /// Dataverse environment and its credential.
+    pub dataverse: DataverseSettings,
+    /// Queue processing.
+    pub sync: SyncSettings,
+    /// Outbound HTTP.
+    pub http: HttpSettings,
+}
+
+/// How callbacks are authenticated.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Allowed certificate URL prefixes (`WEBHOOK_CERT_URL_PREFIXES`).
+    pub cert_url_prefixes: Vec<String>,
+    /// PEM bundle used instead of the system trust store (`WEBHOOK_TRUSTED_CA_FILE`).
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Required subject Organization (`WEBHOOK_CERT_ORGANIZATION`).
+    pub cert_organization: String,
+    /// Timeout of one certificate download.
+    pub fetch_timeout: Duration,
+    /// Largest certificate download accepted, in bytes.
+    pub max_cert_bytes: usize,
+}
+
+/// Partner Center endpoints and the delegated (app+user) credential.
+#[derive(Debug, Clone)]
+pub struct PartnerCenterSettings {
+    /// Referrals API base (`PARTNER_CENTER_API_URL`).
+    pub api_url: Url,
+    /// Webhook registration API base (`PARTNER_CENTER_WEBHOOK_API_URL`).
+    pub webhook_api_url: Url,
+    /// Entra authority (`AZURE_AUTHORITY_HOST`).
+    pub authority_host: Url,
+    /// Partner tenant (`PARTNER_CENTER_TENANT_ID`).
+    pub tenant_id: Option<String>,
+    /// App registration (`PARTNER_CENTER_CLIENT_ID`).
+    pub client_id: Option<String>,
+    /// Its secret, when the app is confidential (`PARTNER_CENTER_CLIENT_SECRET`).
+    pub client_secret: Option<Secret>,
+    /// Refresh token of the Referrals Admin user (`PARTNER_CENTER_REFRESH_TOKEN`).
+    pub refresh_token: Option<Secret>,
+}
+
+/// Dataverse environment and credential.
+#[derive(Debug, Clone)]
+pub struct DataverseSettings {
+    /// Environment URL (`DATAVERSE_URL`), e.g. `https://contoso.crm.dynamics.com`.
+    pub url: Option<Url>,
+    /// Lead column with the alternate key (`DATAVERSE_REFERRAL_KEY_COLUMN`).
+    pub key_column: String,
+    /// Entra authority (`AZURE_AUTHORITY_HOST`).
+    pub authority_host: Url,
+    /// `AZURE_TENANT_ID`.
+    pub tenant_id: Option<String>,
+    /// `AZURE_CLIENT_ID` (app registration, or user-assigned managed identity).
+    pub client_id: Option<String>,
+    /// `AZURE_CLIENT_SECRET`; when absent, managed identity is used.
+    pub client_secret: Option<Secret>,
+}
+
+/// Queue processing behaviour.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// Referral to lead mapping (default, or `REFERRAL_MAPPING_FILE`).
+    pub mapping: Mapping,
+    /// Must equal host.json `maxDequeueCount` (`SYNC_MAX_DEQUEUE_COUNT`).
+    pub max_dequeue_count: u32,
+    /// Longest time one invocation waits in-process for throttling or transient errors
+    /// (`SYNC_RETRY_BUDGET_SECONDS`).
+    pub retry_budget: Duration,
+    /// First wait between in-process retries when the service gives no `Retry-After`.
+    pub retry_min_delay: Duration,
+    /// How many times a referral that is not (yet) found is read again before giving up.
+    pub not_found_retries: u32,
+}
+
+/// Outbound HTTP behaviour shared by every client.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Whole-request timeout (`OUTBOUND_TIMEOUT_SECONDS`).
+    pub timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Extra trusted roots (PEM) on top of the system store; set by tests, not by users
+    /// (users set `SSL_CERT_FILE`).
+    pub extra_root_pems: Vec<Vec<u8>>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            extra_root_pems: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Settings from the process environment only.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::load(None)
+    }
+
+    /// Settings from an optional `local.settings.json`, overridden by the process environment.
+    pub fn load(settings_file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut vars = match settings_file {
+            Some(path) => read_settings_file(path)?,
+            None => HashMap::new(),
+        };
+        vars.extend(std::env::vars());
+        Self::from_vars(&vars)
+    }
+
+    /// Settings from a map of variable names to values (what tests use).
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            vars.get(name)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let port = match get("FUNCTIONS_CUSTOMHANDLER_PORT") {
+            Some(v) => v.parse::<u16>().map_err(|_| ConfigError::Invalid {
+                name: "FUNCTIONS_CUSTOMHANDLER_PORT",
+                reason: format!("`{v}` is not a port number (0-65535)"),
+            })?,
+            None => 0,
+        };
+
+        let cert_url_prefixes = match get("WEBHOOK_CERT_URL_PREFIXES") {
+            Some(v) => parse_prefixes(&v)?,
+            None => vec![DEFAULT_CERT_URL_PREFIX.to_owned()],
+        };
+        let webhook = WebhookSettings {
+            cert_url_prefixes,
+            trusted_ca_file: get("WEBHOOK_TRUSTED_CA_FILE").map(PathBuf::from),
+            cert_organization: get("WEBHOOK_CERT_ORGANIZATION")
+                .unwrap_or_else(|| DEFAULT_CERT_ORGANIZATION.to_owned()),
+            fetch_timeout: Duration::from_secs(5),
+            max_cert_bytes: 64 * 1024,
+        };
+        if let Some(path) = &webhook.trusted_ca_file {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid {
+                    name: "WEBHOOK_TRUSTED_CA_FILE",
+                    reason: format!(
+                        "{} is not a readable file; give a PEM bundle or unset it to use the system trust store",
+                        path.display()
+                    ),
+                });
+            }
+        }
+
+        let authority_host = parse_base_url(
+            "AZURE_AUTHORITY_HOST",
+            get("AZURE_AUTHORITY_HOST").as_deref(),
+            DEFAULT_AUTHORITY_HOST,
+        )?;
+        let partner_center = PartnerCenterSettings {
+            api_url: parse_base_url(
+                "PARTNER_CENTER_API_URL",
+                get("PARTNER_CENTER_API_URL").as_deref(),
+                DEFAULT_PARTNER_CENTER_API_URL,
+            )?,
+            webhook_api_url: parse_base_url(
+                "PARTNER_CENTER_WEBHOOK_API_URL",
+                get("PARTNER_CENTER_WEBHOOK_API_URL").as_deref(),
+                DEFAULT_PARTNER_CENTER_WEBHOOK_API_URL,
+            )?,
+            authority_host: authority_host.clone(),
+            tenant_id: get("PARTNER_CENTER_TENANT_ID"),
+            client_id: get("PARTNER_CENTER_CLIENT_ID"),
+            client_secret: get("PARTNER_CENTER_CLIENT_SECRET").map(Secret::new),
+            refresh_token: get("PARTNER_CENTER_REFRESH_TOKEN").map(Secret::new),
+        };
+
+        let dataverse_url = match get("DATAVERSE_URL") {
+            Some(v) => Some(parse_base_url("DATAVERSE_URL", Some(&v), "")?),
+            None => None,
+        };
+        let key_column = get("DATAVERSE_REFERRAL_KEY_COLUMN")
+            .unwrap_or_else(|| DEFAULT_REFERRAL_KEY_COLUMN.to_owned());
+        if !is_logical_name(&key_column) {
+            return Err(ConfigError::Invalid {
+                name: "DATAVERSE_REFERRAL_KEY_COLUMN",
+                reason: format!(
+                    "`{key_column}` is not a Dataverse logical name (lowercase letters, digits and `_`, with a publisher prefix, e.g. new_partnercenterreferralid)"
+                ),
+            });
+        }
+        let dataverse = DataverseSettings {
+            url: dataverse_url,
+            key_column,
+            authority_host,
+            tenant_id: get("AZURE_TENANT_ID"),
+            client_id: get("AZURE_CLIENT_ID"),
+            client_secret: get("AZURE_CLIENT_SECRET").map(Secret::new),
+        };
+
+        let mapping = match get("REFERRAL_MAPPING_FILE") {
+            Some(path) => Mapping::from_file(std::path::Path::new(&path))
+                .map_err(|source| ConfigError::Mapping { path, source })?,
+            None => Mapping::default(),
+        };
+        let sync = SyncSettings {
+            mapping,
+            max_dequeue_count: parse_number(
+                "SYNC_MAX_DEQUEUE_COUNT",
+                get("SYNC_MAX_DEQUEUE_COUNT"),
+                5,
+                1..=100,
+            )?,
+            retry_budget: Duration::from_secs(parse_number(
+                "SYNC_RETRY_BUDGET_SECONDS",
+                get("SYNC_RETRY_BUDGET_SECONDS"),
+                20,
+                0..=240,
+            )?),
+            retry_min_delay: Duration::from_millis(200),
+            not_found_retries: 2,
+        };
+        let http = HttpSettings {
+            timeout: Duration::from_secs(parse_number(
+                "OUTBOUND_TIMEOUT_SECONDS",
+                get("OUTBOUND_TIMEOUT_SECONDS"),
+                15,
+                1..=120,
+            )?),
+            ..HttpSettings::default()
+        };
+        Ok(Self {
+            port,
+            webhook,
+            partner_center,
+            dataverse,
+            sync,
+            http,
+        })
+    }
+}
+
+/// Reads the `Values` block of a `local.settings.json`.
+pub fn read_settings_file(path: &std::path::Path) -> Result<HashMap<String, String>, ConfigError> {
+    let file_error = |reason: String| ConfigError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| file_error(format!("not valid JSON ({e})")))?;
+    let values = doc
+        .get("Values")
+        .and_then(|v| v.as_object())
+        .ok_or_else(|| file_error("has no \"Values\" object".to_owned()))?;
+    let mut vars = HashMap::new();
+    for (key, value) in values {
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => continue,
+            other => other.to_string(),
+        };
+        vars.insert(key.clone(), text);
+    }
+    Ok(vars)
+}
+
+fn parse_prefixes(raw: &str) -> Result<Vec<String>, ConfigError> {
+    let mut prefixes = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let url = Url::parse(item).map_err(|e| ConfigError::Invalid {
+            name: "WEBHOOK_CERT_URL_PREFIXES",
+            reason: format!("`{item}` is not a URL ({e})"),
+        })?;
+        if url.scheme() != "https" || !item.ends_with('/') || url.host_str().is_none() {
+            return Err(ConfigError::Invalid {
+                name: "WEBHOOK_CERT_URL_PREFIXES",
+                reason: format!(
+                    "`{item}` must be an https URL ending in `/`, e.g. {DEFAULT_CERT_URL_PREFIX}"
+                ),
+            });
+        }
+        prefixes.push(item.to_owned());
+    }
+    if prefixes.is_empty() {
+        return Err(ConfigError::Invalid {
+            name: "WEBHOOK_CERT_URL_PREFIXES",
+            reason: format!("no prefix given; the default is {DEFAULT_CERT_URL_PREFIX}"),
+        });
+    }
+    Ok(prefixes)
+}
+
+/// Parses a base URL: https, or http only for loopback fakes; no query or fragment.
+fn parse_base_url(name: &'static str, raw: Option<&str>, default: &str) -> Result<Url, ConfigError> {
+    let text = raw.unwrap_or(default).trim_end_matches('/');
+    let url = Url::parse(text).map_err(|e| ConfigError::Invalid {
+        name,
+        reason: format!("`{text}` is not an absolute URL ({e}); expected e.g. {}", example_for(name)),
+    })?;
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
+    if !scheme_ok || url.host_str().is_none() || url.query().is_some() || url.fragment().is_some()
+    {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: format!(
+                "`{text}` must be an https URL without query or fragment (http is allowed only for 127.0.0.1), e.g. {}",
+                example_for(name)
+            ),
+        });
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: "credentials do not belong in the URL".to_owned(),
+        });
+    }
+    Ok(url)
+}
+
+fn example_for(name: &str) -> &'static str {
+    match name {
+        "DATAVERSE_URL" => "https://contoso.crm.dynamics.com",
+        "AZURE_AUTHORITY_HOST" => DEFAULT_AUTHORITY_HOST,
+        "PARTNER_CENTER_API_URL" => DEFAULT_PARTNER_CENTER_API_URL,
+        _ => DEFAULT_PARTNER_CENTER_WEBHOOK_API_URL,
+    }
+}
+
+fn parse_number<T>(
+    name: &'static str,
+    raw: Option<String>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let Some(raw) = raw else { return Ok(default) };
+    match raw.parse::<T>() {
+        Ok(v) if range.contains(&v) => Ok(v),
+        _ => Err(ConfigError::Invalid {
+            name,
+            reason: format!(
+                "`{raw}` is not a whole number from {} to {} (default {default})",
+                range.start(),
+                range.end()
+            ),
+        }),
+    }
+}
+
+/// Dataverse logical names: lowercase ASCII letters, digits and underscores, starting with a letter.
+pub fn is_logical_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && name.len() <= 50
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl PartnerCenterSettings {
+    /// The pieces the delegated token needs, or the first missing setting.
+    pub fn credentials(&self) -> Result<(&str, &str, &Secret), ConfigError> {
+        let tenant = self.tenant_id.as_deref().ok_or(ConfigError::Missing {
+            name: "PARTNER_CENTER_TENANT_ID",
+            hint: "set it to the partner tenant id (a GUID or domain)",
+        })?;
+        let client = self.client_id.as_deref().ok_or(ConfigError::Missing {
+            name: "PARTNER_CENTER_CLIENT_ID",
+            hint: "set it to the app registration's Application (client) ID",
+        })?;
+        let refresh = self.refresh_token.as_ref().ok_or(ConfigError::Missing {
+            name: "PARTNER_CENTER_REFRESH_TOKEN",
+            hint: "run `referral-connector login --settings local.settings.json` to obtain it",
+        })?;
+        Ok((tenant, client, refresh))
+    }
+}
+
+impl DataverseSettings {
+    /// The environment URL, or an error saying how to set it.
+    pub fn require_url(&self) -> Result<&Url, ConfigError> {
+        self.url.as_ref().ok_or(ConfigError::Missing {
+            name: "DATAVERSE_URL",
+            hint: "set it to the environment URL, e.g. https://contoso.crm.dynamics.com",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let s = Settings::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(s.port, 0);
+        assert_eq!(s.webhook.cert_url_prefixes, vec![DEFAULT_CERT_URL_PREFIX]);
+        assert_eq!(s.webhook.cert_organization, "Microsoft Corporation");
+        assert_eq!(s.partner_center.api_url.as_str(), "https://api.partner.microsoft.com/");
+        assert_eq!(s.dataverse.key_column, DEFAULT_REFERRAL_KEY_COLUMN);
+        assert_eq!(s.sync.max_dequeue_count, 5);
+        assert!(s.dataverse.url.is_none());
+    }
+
+    #[test]
+    fn http_base_urls_are_refused_unless_loopback() {
+        let err = Settings::from_vars(&vars(&[("DATAVERSE_URL", "http://contoso.crm.dynamics.com")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("DATAVERSE_URL"), "{err}");
+        let ok = Settings::from_vars(&vars(&[("DATAVERSE_URL", "http://127.0.0.1:8080/")])).unwrap();
+        assert_eq!(ok.dataverse.url.unwrap().as_str(), "http://127.0.0.1:8080/");
+    }
+
+    #[test]
+    fn prefixes_must_be_https_and_end_with_a_slash() {
+        for bad in ["http://x.test/cert/", "https://x.test/cert", "not a url", " , "] {
+            let err = Settings::from_vars(&vars(&[("WEBHOOK_CERT_URL_PREFIXES", bad)])).unwrap_err();
+            assert!(err.to_string().contains("WEBHOOK_CERT_URL_PREFIXES"), "{bad}: {err}");
+        }
+        let s = Settings::from_vars(&vars(&[(
+            "WEBHOOK_CERT_URL_PREFIXES",
+            "https://a.test/cert/, https://b.test/x/",
+        )]))
+        .unwrap();
+        assert_eq!(s.webhook.cert_url_prefixes, vec!["https://a.test/cert/", "https://b.test/x/"]);
+    }
+
+    #[test]
+    fn numbers_out_of_range_name_the_setting_and_the_range() {
+        let err = Settings::from_vars(&vars(&[("SYNC_MAX_DEQUEUE_COUNT", "0")])).unwrap_err();
+        assert!(err.to_string().contains("SYNC_MAX_DEQUEUE_COUNT"));
+        assert!(err.to_string().contains("1 to 100"));
+        let err = Settings::from_vars(&vars(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "http")])).unwrap_err();
+        assert!(err.to_string().contains("FUNCTIONS_CUSTOMHANDLER_PORT"));
+    }
+
+    #[test]
+    fn key_column_must_be_a_logical_name() {
+        for bad in ["New_Key", "1abc", "a-b", "a b"] {
+            assert!(
+                Settings::from_vars(&vars(&[("DATAVERSE_REFERRAL_KEY_COLUMN", bad)])).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(is_logical_name("cr5a1_pcreferralid"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let s = Settings::from_vars(&vars(&[
+            ("PARTNER_CENTER_REFRESH_TOKEN", "refresh-token-value"),
+            ("PARTNER_CENTER_CLIENT_SECRET", "client-secret-value"),
+            ("AZURE_CLIENT_SECRET", "azure-secret-value"),
+        ]))
+        .unwrap();
+        let debug = format!("{s:?}");
+        for secret in ["refresh-token-value", "client-secret-value", "azure-secret-value"] {
+            assert!(!debug.contains(secret), "{secret} leaked in {debug}");
+        }
+    }
+
+    #[test]
+    fn settings_file_values_are_read_and_environment_style_map_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("local.settings.json");
+        std::fs::write(
+            &path,
+            r#"{"IsEncrypted":false,"Values":{"DATAVERSE_URL":"https://a.crm.dynamics.com","SYNC_MAX_DEQUEUE_COUNT":7}}"#,
+        )
+        .unwrap();
+        let mut map = read_settings_file(&path).unwrap();
+        assert_eq!(map["SYNC_MAX_DEQUEUE_COUNT"], "7");
+        map.insert("DATAVERSE_URL".into(), "https://b.crm.dynamics.com".into());
+        let s = Settings::from_vars(&map).unwrap();
+        assert_eq!(s.dataverse.url.unwrap().host_str(), Some("b.crm.dynamics.com"));
+        assert_eq!(s.sync.max_dequeue_count, 7);
+        std::fs::write(&path, "{}").unwrap();
+        assert!(read_settings_file(&path).unwrap_err().to_string().contains("Values"));
+    }
+
+    #[test]
+    fn missing_partner_center_settings_say_how_to_fix_them() {
+        let s = Settings::from_vars(&vars(&[
+            ("PARTNER_CENTER_TENANT_ID", "contoso.onmicrosoft.com"),
+            ("PARTNER_CENTER_CLIENT_ID", "00000000-0000-0000-0000-000000000001"),
+        ]))
+        .unwrap();
+        let err = s.partner_center.credentials().unwrap_err().to_string();
+        assert!(err.contains("PARTNER_CENTER_REFRESH_TOKEN") && err.contains("login"), "{err}");
+    }
+}

@@ -1,0 +1,290 @@
+//! Outbound HTTP shared by every client: one way to build a `reqwest::Client` (OpenSSL via
+//! native-tls, so `SSL_CERT_FILE` works), the transient/permanent classification, and the
+//! short in-process retry that honours `Retry-After` within a budget.
+
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::{Response, StatusCode, header::HeaderMap};
+
+use crate::config::HttpSettings;
+
+/// The user agent sent on every request.
+pub const USER_AGENT: &str = concat!("referral-connector/", env!("CARGO_PKG_VERSION"));
+
+/// A client builder with the shared timeouts, user agent and extra roots.
+pub fn client_builder(settings: &HttpSettings) -> Result<reqwest::ClientBuilder, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .tls_backend_native()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.connect_timeout)
+        .user_agent(USER_AGENT)
+        .redirect(reqwest::redirect::Policy::none());
+    let mut roots = Vec::new();
+    for pem in &settings.extra_root_pems {
+        roots.push(reqwest::Certificate::from_pem(pem)?);
+    }
+    if !roots.is_empty() {
+        builder = builder.tls_certs_merge(roots);
+    }
+    Ok(builder)
+}
+
+/// A short description of a transport error, for logs and operator output.
+pub fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "response could not be read"
+    } else if error.is_redirect() {
+        "redirect refused"
+    } else {
+        "request failed"
+    };
+    let mut text = kind.to_owned();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// Transient: 408, 429 and 5xx (Vector `HttpRetryLogic`, reqwest-retry).
+pub fn is_transient_status(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// `Retry-After` in seconds (HTTP-date forms are treated as absent).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// Why a call did not produce a usable response.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The service answered with a status the caller did not expect.
+    #[error("HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    Status {
+        /// Status code.
+        status: StatusCode,
+        /// Start of the response body (services put their error there; never a token).
+        body: String,
+        /// `Retry-After`, when given.
+        retry_after: Option<Duration>,
+    },
+    /// Timeout, connection error, or a body that could not be read.
+    #[error("{0}")]
+    Transport(String),
+    /// A token could not be obtained.
+    #[error("token: {message}")]
+    Token {
+        /// What went wrong (no secret).
+        message: String,
+        /// Whether trying again later may help.
+        transient: bool,
+    },
+    /// The response body is not what the API documents.
+    #[error("unexpected response: {0}")]
+    Decode(String),
+}
+
+impl CallError {
+    /// Whether trying again may help: 408/429/5xx, transport errors, token endpoint outages.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => is_transient_status(*status),
+            Self::Transport(_) => true,
+            Self::Token { transient, .. } => *transient,
+            Self::Decode(_) => false,
+        }
+    }
+
+    /// The status code, when the service answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Reads a non-success response into an error (body truncated to 512 characters).
+    pub async fn from_response(response: Response) -> Self {
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = response.text().await.unwrap_or_default();
+        Self::Status {
+            status,
+            body: body.chars().take(512).collect(),
+            retry_after,
+        }
+    }
+}
+
+impl From<reqwest::Error> for CallError {
+    fn from(e: reqwest::Error) -> Self {
+        Self::Transport(describe(&e))
+    }
+}
+
+/// Classifies a token error from azure_identity or our refresh-token credential.
+pub fn token_error(error: &azure_core::Error) -> CallError {
+    let mut transient = false;
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(azure) = e.downcast_ref::<azure_core::Error>() {
+            match azure.kind() {
+                azure_core::error::ErrorKind::HttpResponse { status, .. } => {
+                    transient = is_transient_status(StatusCode::from_u16(u16::from(*status)).unwrap_or(StatusCode::BAD_GATEWAY));
+                    break;
+                }
+                azure_core::error::ErrorKind::Io | azure_core::error::ErrorKind::Connection => {
+                    transient = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if e.downcast_ref::<reqwest::Error>().is_some() || e.downcast_ref::<std::io::Error>().is_some() {
+            transient = true;
+            break;
+        }
+        current = e.source();
+    }
+    CallError::Token {
+        message: error.to_string().lines().next().unwrap_or_default().to_owned(),
+        transient,
+    }
+}
+
+/// How long and how often one invocation retries in-process.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Total time retries may wait.
+    pub budget: Duration,
+    /// First delay when the service sends no `Retry-After`.
+    pub min_delay: Duration,
+    /// Most attempts after the first.
+    pub max_retries: usize,
+}
+
+impl RetryPolicy {
+    /// From the sync settings.
+    pub fn new(budget: Duration, min_delay: Duration) -> Self {
+        Self {
+            budget,
+            min_delay,
+            max_retries: 6,
+        }
+    }
+
+    /// Sends with retries: transient failures are retried with jittered exponential back-off,
+    /// or after `Retry-After` when the service gives one, while the budget lasts. Returns the
+    /// first response whose status is not transient (success or not), or the last error.
+    pub async fn send<F, Fut>(&self, what: &str, mut send: F) -> Result<Response, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Response, CallError>>,
+    {
+        let deadline = Instant::now() + self.budget;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(self.max_retries)
+            .with_jitter();
+        let attempt = || {
+            let sent = send();
+            async move {
+                let response = sent.await?;
+                if is_transient_status(response.status()) {
+                    Err(CallError::from_response(response).await)
+                } else {
+                    Ok(response)
+                }
+            }
+        };
+        attempt
+            .retry(backoff)
+            .when(CallError::is_transient)
+            .adjust(move |error, backoff| {
+                let wait = error.retry_after().unwrap_or(backoff?);
+                (Instant::now() + wait <= deadline).then_some(wait)
+            })
+            .notify(|error, wait| {
+                tracing::warn!(call = what, error = %error, wait_ms = wait.as_millis() as u64, "transient failure, retrying");
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_set_is_408_429_and_5xx() {
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(is_transient_status(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [200, 204, 400, 401, 403, 404, 409, 412] {
+            assert!(!is_transient_status(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_are_read_and_dates_ignored() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn call_errors_classify() {
+        let status = |s: u16| CallError::Status { status: StatusCode::from_u16(s).unwrap(), body: String::new(), retry_after: None };
+        assert!(status(429).is_transient());
+        assert!(!status(400).is_transient());
+        assert!(CallError::Transport("timed out".into()).is_transient());
+        assert!(!CallError::Decode("x".into()).is_transient());
+        assert!(!CallError::Token { message: "invalid_grant".into(), transient: false }.is_transient());
+    }
+
+    #[test]
+    fn token_errors_from_the_token_endpoint_classify_by_status() {
+        let make = |status: u16| {
+            azure_core::Error::with_message(
+                azure_core::error::ErrorKind::HttpResponse {
+                    status: azure_core::http::StatusCode::from(status),
+                    error_code: None,
+                    raw_response: None,
+                },
+                "refused",
+            )
+        };
+        assert!(token_error(&make(503)).is_transient());
+        assert!(!token_error(&make(400)).is_transient());
+        let io = azure_core::Error::with_message(azure_core::error::ErrorKind::Io, "connection refused");
+        assert!(token_error(&io).is_transient());
+    }
+}

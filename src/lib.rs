@@ -1,0 +1,19 @@
+//! referral-connector: an Azure Functions custom handler that turns every Partner Center
+//! referral into exactly one up-to-date Dynamics 365 lead and writes the lead's id and state
+//! back to the referral, plus the operator commands that set it up and recover from gaps.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod dataverse;
+pub mod domain;
+pub mod envelope;
+pub mod http;
+pub mod mapping;
+pub mod partner_center;
+pub mod routes;
+pub mod startup;
+pub mod sync;
+pub mod telemetry;
+pub mod tokens;
+pub mod webhook_auth;

@@ -1,0 +1,5 @@
+//! The handler's HTTP routes: the readiness probe and one route per function folder.
+
+pub mod health;
+pub mod referral_sync;
+pub mod webhook;

@@ -1,0 +1,195 @@
+//! Builds the handler: binds `127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT` first (the host probes
+//! `/` every 25 ms), then serves the probe and the two function routes.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
+
+use bytes::{Buf, Bytes};
+use futures::{Stream, StreamExt};
+use time::OffsetDateTime;
+use tracing::Instrument;
+use warp::{Filter, Reply, http::StatusCode};
+
+use crate::{
+    config::Settings,
+    envelope::{HttpResponseOutput, InvokeResponse},
+    routes,
+    sync::Syncer,
+    webhook_auth::CertSource,
+};
+
+/// Largest invocation envelope read (a 1 MiB callback, base64-encoded, plus headers).
+const MAX_ENVELOPE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Shared state of the routes.
+#[derive(Debug)]
+pub struct AppState {
+    /// Webhook certificate source.
+    pub certs: CertSource,
+    /// The sync, or why it is not configured.
+    pub syncer: Result<Syncer, String>,
+    /// host.json `maxDequeueCount`.
+    pub max_dequeue_count: u32,
+}
+
+impl AppState {
+    /// Builds the state; a sync that is not configured is reported, not fatal, so the webhook
+    /// keeps working while the operator finishes the setup.
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let certs = CertSource::new(&settings.webhook, &settings.http)?;
+        let syncer = Syncer::from_settings(settings).map_err(|e| e.to_string());
+        if let Err(reason) = &syncer {
+            tracing::error!(error = %reason, "ReferralSync is not configured; queue messages will be retried and then poisoned with this reason");
+        }
+        Ok(Self {
+            certs,
+            syncer,
+            max_dequeue_count: settings.sync.max_dequeue_count,
+        })
+    }
+}
+
+/// A bound, not yet running handler.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    /// Binds `127.0.0.1:<settings.port>` (0 picks a free port) and builds the state.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], settings.port))).await?;
+        let state = Arc::new(AppState::new(settings)?);
+        Ok(Self { listener, state })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown` resolves. Trust anchors load in the background meanwhile.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let warm = self.state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = warm.certs.warm_up().await {
+                tracing::error!(error = %e, "the webhook trust store could not be loaded");
+            }
+        });
+        warp::serve(routes(self.state))
+            .incoming(self.listener)
+            .graceful(shutdown)
+            .run()
+            .await;
+    }
+}
+
+/// All routes.
+pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    let with_state = warp::any().map(move || state.clone());
+    let invocation_id = warp::header::optional::<String>("x-azure-functions-invocationid");
+    let webhook = warp::post()
+        .and(warp::path!("ReferralWebhook"))
+        .and(with_state.clone())
+        .and(invocation_id)
+        .and(warp::body::stream())
+        .then(webhook);
+    let sync = warp::post()
+        .and(warp::path!("ReferralSync"))
+        .and(with_state)
+        .and(invocation_id)
+        .and(warp::body::stream())
+        .then(referral_sync);
+    routes::health::route()
+        .map(Reply::into_response)
+        .or(webhook)
+        .unify()
+        .or(sync)
+        .unify()
+        .recover(|_| async {
+            Ok::<_, Infallible>(json_reply(
+                StatusCode::NOT_FOUND,
+                &InvokeResponse::default().log("no such function"),
+            ))
+        })
+        .unify()
+}
+
+fn json_reply(status: StatusCode, response: &InvokeResponse) -> warp::reply::Response {
+    warp::reply::with_status(warp::reply::json(response), status).into_response()
+}
+
+/// Reads a chunked body with a cap (the host sends no Content-Length).
+async fn read_capped<S, B>(body: S) -> Option<Bytes>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.ok()?;
+        if out.len() + chunk.remaining() > MAX_ENVELOPE_BYTES {
+            return None;
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            out.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Some(Bytes::from(out))
+}
+
+fn invocation_span(function: &'static str, invocation_id: Option<String>) -> tracing::Span {
+    tracing::info_span!(
+        "invocation",
+        function,
+        invocation_id = invocation_id.as_deref().unwrap_or("-"),
+        referral_id = tracing::field::Empty,
+        dequeue_count = tracing::field::Empty,
+    )
+}
+
+async fn webhook<S, B>(state: Arc<AppState>, invocation_id: Option<String>, body: S) -> warp::reply::Response
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let span = invocation_span("ReferralWebhook", invocation_id);
+    async move {
+        let Some(envelope) = read_capped(body).await else {
+            tracing::warn!("invocation body unreadable or too large");
+            let response = InvokeResponse::default().output(
+                "res",
+                HttpResponseOutput::json(413, &serde_json::json!({"error": "payload_too_large"})),
+            );
+            return json_reply(StatusCode::OK, &response);
+        };
+        let outcome = routes::webhook::process(&state.certs, &envelope, OffsetDateTime::now_utc()).await;
+        json_reply(StatusCode::OK, &routes::webhook::respond(&outcome))
+    }
+    .instrument(span)
+    .await
+}
+
+async fn referral_sync<S, B>(state: Arc<AppState>, invocation_id: Option<String>, body: S) -> warp::reply::Response
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let span = invocation_span("ReferralSync", invocation_id);
+    async move {
+        let envelope = read_capped(body).await.unwrap_or_default();
+        let syncer = state.syncer.as_ref().map_err(String::as_str);
+        let answer = routes::referral_sync::handle(syncer, state.max_dequeue_count, &envelope).await;
+        let status = if answer.success {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_reply(status, &answer.response)
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,7 @@
+//! Test support for referral-connector: local fakes of every external system, bound to
+//! 127.0.0.1 and addressed through the same base-URL settings a user sets, and a test PKI
+//! generated at run time (no private key is ever committed).
+
+pub mod fakes;
+pub mod pki;
+pub mod tls;
