@@ -33,7 +33,10 @@ pub enum ConfigError {
     Invalid { name: &'static str, reason: String },
     /// A setting a feature needs but that is not set.
     #[error("setting {name} is not set: {hint}")]
-    Missing { name: &'static str, hint: &'static str },
+    Missing {
+        name: &'static str,
+        hint: &'static str,
+    },
     /// The mapping file named by `REFERRAL_MAPPING_FILE` is unusable.
     #[error("REFERRAL_MAPPING_FILE {path}: {source}")]
     Mapping {
@@ -303,8 +306,8 @@ pub fn read_settings_file(path: &std::path::Path) -> Result<HashMap<String, Stri
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-    let doc: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| file_error(format!("not valid JSON ({e})")))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| file_error(format!("not valid JSON ({e})")))?;
     let values = doc
         .get("Values")
         .and_then(|v| v.as_object())
@@ -348,16 +351,22 @@ fn parse_prefixes(raw: &str) -> Result<Vec<String>, ConfigError> {
 }
 
 /// Parses a base URL: https, or http only for loopback fakes; no query or fragment.
-fn parse_base_url(name: &'static str, raw: Option<&str>, default: &str) -> Result<Url, ConfigError> {
+fn parse_base_url(
+    name: &'static str,
+    raw: Option<&str>,
+    default: &str,
+) -> Result<Url, ConfigError> {
     let text = raw.unwrap_or(default).trim_end_matches('/');
     let url = Url::parse(text).map_err(|e| ConfigError::Invalid {
         name,
-        reason: format!("`{text}` is not an absolute URL ({e}); expected e.g. {}", example_for(name)),
+        reason: format!(
+            "`{text}` is not an absolute URL ({e}); expected e.g. {}",
+            example_for(name)
+        ),
     })?;
     let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
     let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
-    if !scheme_ok || url.host_str().is_none() || url.query().is_some() || url.fragment().is_some()
-    {
+    if !scheme_ok || url.host_str().is_none() || url.query().is_some() || url.fragment().is_some() {
         return Err(ConfigError::Invalid {
             name,
             reason: format!(
@@ -461,7 +470,10 @@ mod tests {
         assert_eq!(s.port, 0);
         assert_eq!(s.webhook.cert_url_prefixes, vec![DEFAULT_CERT_URL_PREFIX]);
         assert_eq!(s.webhook.cert_organization, "Microsoft Corporation");
-        assert_eq!(s.partner_center.api_url.as_str(), "https://api.partner.microsoft.com/");
+        assert_eq!(
+            s.partner_center.api_url.as_str(),
+            "https://api.partner.microsoft.com/"
+        );
         assert_eq!(s.dataverse.key_column, DEFAULT_REFERRAL_KEY_COLUMN);
         assert_eq!(s.sync.max_dequeue_count, 5);
         assert!(s.dataverse.url.is_none());
@@ -469,25 +481,41 @@ mod tests {
 
     #[test]
     fn http_base_urls_are_refused_unless_loopback() {
-        let err = Settings::from_vars(&vars(&[("DATAVERSE_URL", "http://contoso.crm.dynamics.com")]))
-            .unwrap_err();
+        let err = Settings::from_vars(&vars(&[(
+            "DATAVERSE_URL",
+            "http://contoso.crm.dynamics.com",
+        )]))
+        .unwrap_err();
         assert!(err.to_string().contains("DATAVERSE_URL"), "{err}");
-        let ok = Settings::from_vars(&vars(&[("DATAVERSE_URL", "http://127.0.0.1:8080/")])).unwrap();
+        let ok =
+            Settings::from_vars(&vars(&[("DATAVERSE_URL", "http://127.0.0.1:8080/")])).unwrap();
         assert_eq!(ok.dataverse.url.unwrap().as_str(), "http://127.0.0.1:8080/");
     }
 
     #[test]
     fn prefixes_must_be_https_and_end_with_a_slash() {
-        for bad in ["http://x.test/cert/", "https://x.test/cert", "not a url", " , "] {
-            let err = Settings::from_vars(&vars(&[("WEBHOOK_CERT_URL_PREFIXES", bad)])).unwrap_err();
-            assert!(err.to_string().contains("WEBHOOK_CERT_URL_PREFIXES"), "{bad}: {err}");
+        for bad in [
+            "http://x.test/cert/",
+            "https://x.test/cert",
+            "not a url",
+            " , ",
+        ] {
+            let err =
+                Settings::from_vars(&vars(&[("WEBHOOK_CERT_URL_PREFIXES", bad)])).unwrap_err();
+            assert!(
+                err.to_string().contains("WEBHOOK_CERT_URL_PREFIXES"),
+                "{bad}: {err}"
+            );
         }
         let s = Settings::from_vars(&vars(&[(
             "WEBHOOK_CERT_URL_PREFIXES",
             "https://a.test/cert/, https://b.test/x/",
         )]))
         .unwrap();
-        assert_eq!(s.webhook.cert_url_prefixes, vec!["https://a.test/cert/", "https://b.test/x/"]);
+        assert_eq!(
+            s.webhook.cert_url_prefixes,
+            vec!["https://a.test/cert/", "https://b.test/x/"]
+        );
     }
 
     #[test]
@@ -495,7 +523,8 @@ mod tests {
         let err = Settings::from_vars(&vars(&[("SYNC_MAX_DEQUEUE_COUNT", "0")])).unwrap_err();
         assert!(err.to_string().contains("SYNC_MAX_DEQUEUE_COUNT"));
         assert!(err.to_string().contains("1 to 100"));
-        let err = Settings::from_vars(&vars(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "http")])).unwrap_err();
+        let err =
+            Settings::from_vars(&vars(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "http")])).unwrap_err();
         assert!(err.to_string().contains("FUNCTIONS_CUSTOMHANDLER_PORT"));
     }
 
@@ -519,7 +548,11 @@ mod tests {
         ]))
         .unwrap();
         let debug = format!("{s:?}");
-        for secret in ["refresh-token-value", "client-secret-value", "azure-secret-value"] {
+        for secret in [
+            "refresh-token-value",
+            "client-secret-value",
+            "azure-secret-value",
+        ] {
             assert!(!debug.contains(secret), "{secret} leaked in {debug}");
         }
     }
@@ -537,20 +570,34 @@ mod tests {
         assert_eq!(map["SYNC_MAX_DEQUEUE_COUNT"], "7");
         map.insert("DATAVERSE_URL".into(), "https://b.crm.dynamics.com".into());
         let s = Settings::from_vars(&map).unwrap();
-        assert_eq!(s.dataverse.url.unwrap().host_str(), Some("b.crm.dynamics.com"));
+        assert_eq!(
+            s.dataverse.url.unwrap().host_str(),
+            Some("b.crm.dynamics.com")
+        );
         assert_eq!(s.sync.max_dequeue_count, 7);
         std::fs::write(&path, "{}").unwrap();
-        assert!(read_settings_file(&path).unwrap_err().to_string().contains("Values"));
+        assert!(
+            read_settings_file(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("Values")
+        );
     }
 
     #[test]
     fn missing_partner_center_settings_say_how_to_fix_them() {
         let s = Settings::from_vars(&vars(&[
             ("PARTNER_CENTER_TENANT_ID", "contoso.onmicrosoft.com"),
-            ("PARTNER_CENTER_CLIENT_ID", "00000000-0000-0000-0000-000000000001"),
+            (
+                "PARTNER_CENTER_CLIENT_ID",
+                "00000000-0000-0000-0000-000000000001",
+            ),
         ]))
         .unwrap();
         let err = s.partner_center.credentials().unwrap_err().to_string();
-        assert!(err.contains("PARTNER_CENTER_REFRESH_TOKEN") && err.contains("login"), "{err}");
+        assert!(
+            err.contains("PARTNER_CENTER_REFRESH_TOKEN") && err.contains("login"),
+            "{err}"
+        );
     }
 }

@@ -91,12 +91,18 @@ impl DataverseClient {
 
     fn api(&self, path_and_query: &str) -> Result<Url, CallError> {
         let base = self.base.as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}/api/data/v9.2/{path_and_query}")).map_err(|e| CallError::Decode(e.to_string()))
+        Url::parse(&format!("{base}/api/data/v9.2/{path_and_query}"))
+            .map_err(|e| CallError::Decode(e.to_string()))
     }
 
     fn lead_url(&self, id: &ReferralId, select: &[&str]) -> Result<Url, CallError> {
         // A ReferralId is a GUID, so it needs no quoting or escaping inside the key literal.
-        self.api(&format!("leads({}='{}')?$select={}", self.key_column, id, select.join(",")))
+        self.api(&format!(
+            "leads({}='{}')?$select={}",
+            self.key_column,
+            id,
+            select.join(",")
+        ))
     }
 
     async fn send(
@@ -137,8 +143,14 @@ impl DataverseClient {
 
     /// Reads the lead with this referral id, or `None`.
     #[tracing::instrument(skip_all, fields(referral_id = %id))]
-    pub async fn get_lead(&self, id: &ReferralId, select: &[&str]) -> Result<Option<Lead>, DataverseError> {
-        let response = self.send("read lead", Method::GET, self.lead_url(id, select)?, |r| r).await?;
+    pub async fn get_lead(
+        &self,
+        id: &ReferralId,
+        select: &[&str],
+    ) -> Result<Option<Lead>, DataverseError> {
+        let response = self
+            .send("read lead", Method::GET, self.lead_url(id, select)?, |r| r)
+            .await?;
         match response.status() {
             StatusCode::OK => Ok(Some(Self::entity(response).await?)),
             StatusCode::NOT_FOUND => Ok(None),
@@ -156,16 +168,21 @@ impl DataverseClient {
         select: &[&str],
     ) -> Result<Upserted, DataverseError> {
         let response = self
-            .send("upsert lead", Method::PATCH, self.lead_url(id, select)?, |r| {
-                let r = r
-                    .header("Content-Type", "application/json")
-                    .header("Prefer", "return=representation")
-                    .json(columns);
-                match condition {
-                    Condition::CreateOnly => r.header("If-None-Match", "*"),
-                    Condition::IfMatch(etag) => r.header("If-Match", etag),
-                }
-            })
+            .send(
+                "upsert lead",
+                Method::PATCH,
+                self.lead_url(id, select)?,
+                |r| {
+                    let r = r
+                        .header("Content-Type", "application/json")
+                        .header("Prefer", "return=representation")
+                        .json(columns);
+                    match condition {
+                        Condition::CreateOnly => r.header("If-None-Match", "*"),
+                        Condition::IfMatch(etag) => r.header("If-Match", etag),
+                    }
+                },
+            )
             .await?;
         match response.status() {
             s @ (StatusCode::OK | StatusCode::CREATED) => Ok(Upserted {
@@ -180,7 +197,9 @@ impl DataverseClient {
 
     /// `WhoAmI`: the application user's id.
     pub async fn who_am_i(&self) -> Result<String, DataverseError> {
-        let response = self.send("WhoAmI", Method::GET, self.api("WhoAmI")?, |r| r).await?;
+        let response = self
+            .send("WhoAmI", Method::GET, self.api("WhoAmI")?, |r| r)
+            .await?;
         if !response.status().is_success() {
             return Err(CallError::from_response(response).await.into());
         }
@@ -188,7 +207,11 @@ impl DataverseClient {
             .json()
             .await
             .map_err(|e| CallError::Decode(crate::http::describe(&e)))?;
-        Ok(body.get("UserId").and_then(Value::as_str).unwrap_or_default().to_owned())
+        Ok(body
+            .get("UserId")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned())
     }
 
     /// Whether the key column exists on `lead`.
@@ -197,7 +220,9 @@ impl DataverseClient {
             "EntityDefinitions(LogicalName='lead')/Attributes(LogicalName='{}')?$select=LogicalName",
             self.key_column
         ))?;
-        let response = self.send("read key column", Method::GET, url, |r| r).await?;
+        let response = self
+            .send("read key column", Method::GET, url, |r| r)
+            .await?;
         match response.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -209,7 +234,9 @@ impl DataverseClient {
     /// exactly the key column, or `None` when there is no such key.
     pub async fn key_status(&self) -> Result<Option<String>, DataverseError> {
         let url = self.api("EntityDefinitions(LogicalName='lead')/Keys?$select=LogicalName,KeyAttributes,EntityKeyIndexStatus")?;
-        let response = self.send("read alternate keys", Method::GET, url, |r| r).await?;
+        let response = self
+            .send("read alternate keys", Method::GET, url, |r| r)
+            .await?;
         if !response.status().is_success() {
             return Err(CallError::from_response(response).await.into());
         }
@@ -225,7 +252,9 @@ impl DataverseClient {
             .find(|key| {
                 key.get("KeyAttributes")
                     .and_then(Value::as_array)
-                    .is_some_and(|a| a.len() == 1 && a[0].as_str() == Some(self.key_column.as_str()))
+                    .is_some_and(|a| {
+                        a.len() == 1 && a[0].as_str() == Some(self.key_column.as_str())
+                    })
             })
             .and_then(|key| key.get("EntityKeyIndexStatus"))
             .and_then(Value::as_str)
@@ -258,12 +287,20 @@ impl DataverseClient {
             "DisplayName": label("Partner Center referral id"),
             "KeyAttributes": [self.key_column],
         });
-        self.write_metadata("create alternate key", url, &body).await
+        self.write_metadata("create alternate key", url, &body)
+            .await
     }
 
-    async fn write_metadata(&self, what: &str, url: Url, body: &Value) -> Result<(), DataverseError> {
+    async fn write_metadata(
+        &self,
+        what: &str,
+        url: Url,
+        body: &Value,
+    ) -> Result<(), DataverseError> {
         let response = self
-            .send(what, Method::POST, url, |r| r.header("Content-Type", "application/json").json(body))
+            .send(what, Method::POST, url, |r| {
+                r.header("Content-Type", "application/json").json(body)
+            })
             .await?;
         if !response.status().is_success() {
             return Err(CallError::from_response(response).await.into());

@@ -74,7 +74,9 @@ impl HttpRequestData {
             .first("content-type")
             .unwrap_or("")
             .to_ascii_lowercase();
-        if content_type.starts_with("application/octet-stream") || content_type.starts_with("multipart/") {
+        if content_type.starts_with("application/octet-stream")
+            || content_type.starts_with("multipart/")
+        {
             base64::engine::general_purpose::STANDARD
                 .decode(body)
                 .map(Cow::Owned)
@@ -147,7 +149,11 @@ impl<'de> Deserialize<'de> for HttpHeaders {
             let values = match serde_json::from_value::<OneOrMany>(value) {
                 Ok(OneOrMany::One(v)) => vec![v],
                 Ok(OneOrMany::Many(v)) => v,
-                Err(_) => return Err(serde::de::Error::custom(format!("header {name} is not a string or array of strings"))),
+                Err(_) => {
+                    return Err(serde::de::Error::custom(format!(
+                        "header {name} is not a string or array of strings"
+                    )));
+                }
             };
             headers.push((name, values));
         }
@@ -279,13 +285,23 @@ mod tests {
 
     #[test]
     fn webhook_fixture_parses_with_array_headers_and_string_body() {
-        let req: InvokeRequest<WebhookData> = serde_json::from_str(&fixture("webhook-invocation.json")).unwrap();
+        let req: InvokeRequest<WebhookData> =
+            serde_json::from_str(&fixture("webhook-invocation.json")).unwrap();
         let r = req.data.req;
         assert_eq!(r.method, "POST");
-        assert_eq!(r.headers.single("X-MS-CERTIFICATE-URL").unwrap().unwrap(),
-            "https://3psostorageacct.blob.core.windows.net/cert/pcnotifications-dispatch.microsoft.com.cer");
-        assert!(r.body_bytes().unwrap().starts_with(b"{\"EventName\":\"referral-created\""));
-        assert!(!format!("{r:?}").contains("function-key"), "Debug must not show the URL or query");
+        assert_eq!(
+            r.headers.single("X-MS-CERTIFICATE-URL").unwrap().unwrap(),
+            "https://3psostorageacct.blob.core.windows.net/cert/pcnotifications-dispatch.microsoft.com.cer"
+        );
+        assert!(
+            r.body_bytes()
+                .unwrap()
+                .starts_with(b"{\"EventName\":\"referral-created\"")
+        );
+        assert!(
+            !format!("{r:?}").contains("function-key"),
+            "Debug must not show the URL or query"
+        );
     }
 
     #[test]
@@ -293,15 +309,22 @@ mod tests {
         let req: InvokeRequest<QueueData, QueueTriggerMetadata> =
             serde_json::from_str(&fixture("queue-invocation.json")).unwrap();
         let message: Value = serde_json::from_str(&req.data.msg).unwrap();
-        assert_eq!(message["referralId"], "c5fbb3b6-be74-4795-9fb5-4324c73fed37");
+        assert_eq!(
+            message["referralId"],
+            "c5fbb3b6-be74-4795-9fb5-4324c73fed37"
+        );
         let meta = req.metadata.unwrap();
         assert_eq!(meta.dequeue_count, 1);
-        assert_eq!(meta.id.as_deref(), Some("b3435c0d-9d5d-449e-b13f-6b0b92d21a1e"));
+        assert_eq!(
+            meta.id.as_deref(),
+            Some("b3435c0d-9d5d-449e-b13f-6b0b92d21a1e")
+        );
     }
 
     #[test]
     fn queue_message_tolerates_single_encoding_and_plain_text() {
-        let single: QueueData = serde_json::from_value(json!({"msg": "{\"referralId\":\"r\"}"})).unwrap();
+        let single: QueueData =
+            serde_json::from_value(json!({"msg": "{\"referralId\":\"r\"}"})).unwrap();
         assert_eq!(single.msg, "{\"referralId\":\"r\"}");
         let plain: QueueData = serde_json::from_value(json!({"msg": "hello"})).unwrap();
         assert_eq!(plain.msg, "hello");

@@ -58,7 +58,9 @@ pub fn describe(error: &reqwest::Error) -> String {
 
 /// Transient: 408, 429 and 5xx (Vector `HttpRetryLogic`, reqwest-retry).
 pub fn is_transient_status(status: StatusCode) -> bool {
-    status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
 }
 
 /// `Retry-After` in seconds (HTTP-date forms are treated as absent).
@@ -155,7 +157,9 @@ pub fn token_error(error: &azure_core::Error) -> CallError {
         if let Some(azure) = e.downcast_ref::<azure_core::Error>() {
             match azure.kind() {
                 azure_core::error::ErrorKind::HttpResponse { status, .. } => {
-                    transient = is_transient_status(StatusCode::from_u16(u16::from(*status)).unwrap_or(StatusCode::BAD_GATEWAY));
+                    transient = is_transient_status(
+                        StatusCode::from_u16(u16::from(*status)).unwrap_or(StatusCode::BAD_GATEWAY),
+                    );
                     break;
                 }
                 azure_core::error::ErrorKind::Io | azure_core::error::ErrorKind::Connection => {
@@ -165,14 +169,21 @@ pub fn token_error(error: &azure_core::Error) -> CallError {
                 _ => {}
             }
         }
-        if e.downcast_ref::<reqwest::Error>().is_some() || e.downcast_ref::<std::io::Error>().is_some() {
+        if e.downcast_ref::<reqwest::Error>().is_some()
+            || e.downcast_ref::<std::io::Error>().is_some()
+        {
             transient = true;
             break;
         }
         current = e.source();
     }
     CallError::Token {
-        message: error.to_string().lines().next().unwrap_or_default().to_owned(),
+        message: error
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
         transient,
     }
 }
@@ -244,10 +255,16 @@ mod tests {
     #[test]
     fn transient_set_is_408_429_and_5xx() {
         for code in [408, 429, 500, 502, 503, 504] {
-            assert!(is_transient_status(StatusCode::from_u16(code).unwrap()), "{code}");
+            assert!(
+                is_transient_status(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
         }
         for code in [200, 204, 400, 401, 403, 404, 409, 412] {
-            assert!(!is_transient_status(StatusCode::from_u16(code).unwrap()), "{code}");
+            assert!(
+                !is_transient_status(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
         }
     }
 
@@ -256,18 +273,31 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("retry-after", "7".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-        h.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
         assert_eq!(retry_after(&h), None);
     }
 
     #[test]
     fn call_errors_classify() {
-        let status = |s: u16| CallError::Status { status: StatusCode::from_u16(s).unwrap(), body: String::new(), retry_after: None };
+        let status = |s: u16| CallError::Status {
+            status: StatusCode::from_u16(s).unwrap(),
+            body: String::new(),
+            retry_after: None,
+        };
         assert!(status(429).is_transient());
         assert!(!status(400).is_transient());
         assert!(CallError::Transport("timed out".into()).is_transient());
         assert!(!CallError::Decode("x".into()).is_transient());
-        assert!(!CallError::Token { message: "invalid_grant".into(), transient: false }.is_transient());
+        assert!(
+            !CallError::Token {
+                message: "invalid_grant".into(),
+                transient: false
+            }
+            .is_transient()
+        );
     }
 
     #[test]
@@ -284,7 +314,8 @@ mod tests {
         };
         assert!(token_error(&make(503)).is_transient());
         assert!(!token_error(&make(400)).is_transient());
-        let io = azure_core::Error::with_message(azure_core::error::ErrorKind::Io, "connection refused");
+        let io =
+            azure_core::Error::with_message(azure_core::error::ErrorKind::Io, "connection refused");
         assert!(token_error(&io).is_transient());
     }
 }

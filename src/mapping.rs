@@ -94,7 +94,10 @@ impl ColumnKind {
             "estimatedamount" | "budgetamount" | "revenue" => Self::Money,
             "estimatedvalue" => Self::Number,
             "estimatedclosedate" => Self::Date,
-            "leadsourcecode" | "leadqualitycode" | "numberofemployees" | "industrycode"
+            "leadsourcecode"
+            | "leadqualitycode"
+            | "numberofemployees"
+            | "industrycode"
             | "preferredcontactmethodcode" => Self::Integer,
             _ => Self::Text { max: 4000 },
         }
@@ -130,7 +133,9 @@ impl FieldPath {
             }
             segments.push(Segment::Key(key.to_owned()));
             while !rest.is_empty() {
-                let close = rest.find(']').ok_or_else(|| format!("`{text}` has an unclosed ["))?;
+                let close = rest
+                    .find(']')
+                    .ok_or_else(|| format!("`{text}` has an unclosed ["))?;
                 let index = rest[1..close]
                     .parse::<usize>()
                     .map_err(|_| format!("`{text}` has a non-numeric index"))?;
@@ -153,7 +158,9 @@ impl FieldPath {
         for (i, segment) in self.segments.iter().enumerate() {
             current = match (i, segment, current) {
                 (0, Segment::Key(k), _) => crate::domain::referral::lookup(document, k),
-                (_, Segment::Key(k), Some(Value::Object(o))) => crate::domain::referral::lookup(o, k),
+                (_, Segment::Key(k), Some(Value::Object(o))) => {
+                    crate::domain::referral::lookup(o, k)
+                }
                 (_, Segment::Index(n), Some(Value::Array(a))) => a.get(*n),
                 _ => None,
             };
@@ -265,17 +272,29 @@ const PROTECTED_REFERRAL_FIELDS: [&str; 10] = [
 ];
 
 /// Lead columns the connector manages; a mapping may not write them.
-const PROTECTED_LEAD_COLUMNS: [&str; 5] = ["leadid", "statecode", "statuscode", "fullname", "versionnumber"];
+const PROTECTED_LEAD_COLUMNS: [&str; 5] = [
+    "leadid",
+    "statecode",
+    "statuscode",
+    "fullname",
+    "versionnumber",
+];
 
 impl Default for Mapping {
     fn default() -> Self {
         let team = "customerProfile.team[0]";
         let address = "customerProfile.address";
         let rows: Vec<(&str, Vec<String>)> = vec![
-            ("subject", vec!["name".into(), "customerProfile.name".into()]),
+            (
+                "subject",
+                vec!["name".into(), "customerProfile.name".into()],
+            ),
             ("companyname", vec!["customerProfile.name".into()]),
             ("firstname", vec![format!("{team}.firstName")]),
-            ("lastname", vec![format!("{team}.lastName"), "customerProfile.name".into()]),
+            (
+                "lastname",
+                vec![format!("{team}.lastName"), "customerProfile.name".into()],
+            ),
             ("emailaddress1", vec![format!("{team}.email")]),
             ("telephone1", vec![format!("{team}.phoneNumber")]),
             ("address1_line1", vec![format!("{address}.addressLine1")]),
@@ -327,17 +346,27 @@ impl Mapping {
 
     /// Parses mapping file text (see [`Mapping::from_file`]).
     pub fn from_json_text(text: &str) -> Result<Self, MappingError> {
-        let doc: Value = serde_json::from_str(text).map_err(|e| MappingError::Json(e.to_string()))?;
+        let doc: Value =
+            serde_json::from_str(text).map_err(|e| MappingError::Json(e.to_string()))?;
         let field = |field: &str, reason: String| MappingError::Field {
             field: field.to_owned(),
             reason,
         };
         let Value::Object(top) = doc else {
-            return Err(field("(top level)", "must be an object with a \"columns\" object".into()));
+            return Err(field(
+                "(top level)",
+                "must be an object with a \"columns\" object".into(),
+            ));
         };
         for key in top.keys() {
-            if !matches!(key.as_str(), "columns" | "replaceDefaults" | "$schema" | "description") {
-                return Err(field(key, "unknown property (expected \"columns\" or \"replaceDefaults\")".into()));
+            if !matches!(
+                key.as_str(),
+                "columns" | "replaceDefaults" | "$schema" | "description"
+            ) {
+                return Err(field(
+                    key,
+                    "unknown property (expected \"columns\" or \"replaceDefaults\")".into(),
+                ));
             }
         }
         let replace = match top.get("replaceDefaults") {
@@ -346,16 +375,29 @@ impl Mapping {
             Some(_) => return Err(field("replaceDefaults", "must be true or false".into())),
         };
         let Some(Value::Object(columns)) = top.get("columns") else {
-            return Err(field("columns", "must be an object of lead column → rule".into()));
+            return Err(field(
+                "columns",
+                "must be an object of lead column → rule".into(),
+            ));
         };
-        let mut mapping = if replace { Self { rules: Vec::new() } } else { Self::default() };
+        let mut mapping = if replace {
+            Self { rules: Vec::new() }
+        } else {
+            Self::default()
+        };
         for (column, rule) in columns {
             let here = format!("columns.{column}");
             if !crate::config::is_logical_name(column) {
-                return Err(field(&here, "is not a lead column logical name (lowercase, e.g. address1_city)".into()));
+                return Err(field(
+                    &here,
+                    "is not a lead column logical name (lowercase, e.g. address1_city)".into(),
+                ));
             }
             if PROTECTED_LEAD_COLUMNS.contains(&column.as_str()) {
-                return Err(field(&here, "is managed by the connector and cannot be mapped".into()));
+                return Err(field(
+                    &here,
+                    "is managed by the connector and cannot be mapped".into(),
+                ));
             }
             mapping.rules.retain(|r| r.column != *column);
             if rule.is_null() {
@@ -378,7 +420,11 @@ impl Mapping {
                 Source::Constant(_) => Vec::new(),
             })
             .collect();
-        for rule in self.rules.iter().filter(|r| r.direction == Direction::CrmToPc) {
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| r.direction == Direction::CrmToPc)
+        {
             let here = format!("columns.{}.from", rule.column);
             let Source::Fields(paths) = &rule.source else {
                 return Err(MappingError::Field {
@@ -401,7 +447,9 @@ impl Mapping {
             if PROTECTED_REFERRAL_FIELDS.contains(&path.first_key().to_ascii_lowercase().as_str()) {
                 return Err(MappingError::Field {
                     field: here,
-                    reason: format!("`{path}` is managed by the connector and cannot be written by a mapping"),
+                    reason: format!(
+                        "`{path}` is managed by the connector and cannot be written by a mapping"
+                    ),
                 });
             }
             if read.iter().any(|p| p.text.eq_ignore_ascii_case(&path.text)) {
@@ -437,7 +485,11 @@ impl Mapping {
 
     /// The lead columns a referral maps to (Partner Center → CRM rules only).
     /// `creating` includes `on-create` rules. Empty values map to `null`.
-    pub fn lead_columns(&self, referral: &Referral, creating: bool) -> Result<Map<String, Value>, MapError> {
+    pub fn lead_columns(
+        &self,
+        referral: &Referral,
+        creating: bool,
+    ) -> Result<Map<String, Value>, MapError> {
         let mut out = Map::new();
         for rule in &self.rules {
             let wanted = match rule.direction {
@@ -453,7 +505,11 @@ impl Mapping {
     }
 
     /// Decides the Dataverse write for a referral, given the lead as it is now.
-    pub fn plan_lead(&self, referral: &Referral, current: Option<&Lead>) -> Result<LeadPlan, MapError> {
+    pub fn plan_lead(
+        &self,
+        referral: &Referral,
+        current: Option<&Lead>,
+    ) -> Result<LeadPlan, MapError> {
         let Some(lead) = current else {
             let mut columns = self.lead_columns(referral, true)?;
             columns.retain(|_, v| !v.is_null());
@@ -477,13 +533,20 @@ impl Mapping {
 
     /// Decides the JSON Patch for the referral, given the lead after its write.
     pub fn plan_writeback(&self, referral: &Referral, lead: &Lead) -> Result<WriteBack, MapError> {
-        if matches!(referral.status(), ReferralStatus::Closed | ReferralStatus::Unknown(_)) {
+        if matches!(
+            referral.status(),
+            ReferralStatus::Closed | ReferralStatus::Unknown(_)
+        ) {
             return Ok(WriteBack::Closed);
         }
         let document = referral.document();
         let mut ops = Vec::new();
         if referral.external_reference_id() != Some(lead.lead_id.as_str()) {
-            ops.push(PatchOp::set(document, "externalReferenceId", Value::from(lead.lead_id.clone())));
+            ops.push(PatchOp::set(
+                document,
+                "externalReferenceId",
+                Value::from(lead.lead_id.clone()),
+            ));
         }
         if let Some(change) = status_change(referral, lead) {
             ops.push(PatchOp::replace("/status", change.status));
@@ -492,8 +555,14 @@ impl Mapping {
                 ops.push(PatchOp::set(document, "statusReason", Value::from(reason)));
             }
         }
-        for rule in self.rules.iter().filter(|r| r.direction == Direction::CrmToPc) {
-            let Source::Fields(paths) = &rule.source else { continue };
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| r.direction == Direction::CrmToPc)
+        {
+            let Source::Fields(paths) = &rule.source else {
+                continue;
+            };
             let Some(path) = paths.first() else { continue };
             let lead_value = lead.columns.get(&rule.column).unwrap_or(&Value::Null);
             if lead_value.is_null() {
@@ -503,8 +572,14 @@ impl Mapping {
             if same_value(&current, lead_value) {
                 continue;
             }
-            let Some(pointer) = path.pointer() else { continue };
-            ops.push(PatchOp::at_pointer(document, &pointer, rule.kind.to_partner_center(lead_value)));
+            let Some(pointer) = path.pointer() else {
+                continue;
+            };
+            ops.push(PatchOp::at_pointer(
+                document,
+                &pointer,
+                rule.kind.to_partner_center(lead_value),
+            ));
         }
         if ops.is_empty() {
             Ok(WriteBack::Unchanged)
@@ -516,30 +591,57 @@ impl Mapping {
 
 fn parse_rule(column: &str, rule: &Value, here: &str) -> Result<ColumnRule, MappingError> {
     let err = |sub: &str, reason: String| MappingError::Field {
-        field: if sub.is_empty() { here.to_owned() } else { format!("{here}.{sub}") },
+        field: if sub.is_empty() {
+            here.to_owned()
+        } else {
+            format!("{here}.{sub}")
+        },
         reason,
     };
     let Value::Object(rule) = rule else {
-        return Err(err("", "must be an object like {\"from\": \"details.notes\"} or null to drop the column".into()));
+        return Err(err(
+            "",
+            "must be an object like {\"from\": \"details.notes\"} or null to drop the column"
+                .into(),
+        ));
     };
     for key in rule.keys() {
-        if !matches!(key.as_str(), "from" | "value" | "direction" | "type" | "maxLength") {
-            return Err(err(key, "unknown property (expected from, value, direction, type, maxLength)".into()));
+        if !matches!(
+            key.as_str(),
+            "from" | "value" | "direction" | "type" | "maxLength"
+        ) {
+            return Err(err(
+                key,
+                "unknown property (expected from, value, direction, type, maxLength)".into(),
+            ));
         }
     }
     let direction = match rule.get("direction") {
         None => Direction::PcToCrm,
-        Some(Value::String(s)) => Direction::parse(s)
-            .ok_or_else(|| err("direction", format!("`{s}` is not one of {}", Direction::NAMES)))?,
-        Some(_) => return Err(err("direction", format!("must be one of {}", Direction::NAMES))),
+        Some(Value::String(s)) => Direction::parse(s).ok_or_else(|| {
+            err(
+                "direction",
+                format!("`{s}` is not one of {}", Direction::NAMES),
+            )
+        })?,
+        Some(_) => {
+            return Err(err(
+                "direction",
+                format!("must be one of {}", Direction::NAMES),
+            ));
+        }
     };
     let max = match rule.get("maxLength") {
         None => None,
         Some(v) => Some(
             v.as_u64()
                 .filter(|n| (1..=1_048_576).contains(n))
-                .ok_or_else(|| err("maxLength", "must be a whole number from 1 to 1048576".into()))?
-                as usize,
+                .ok_or_else(|| {
+                    err(
+                        "maxLength",
+                        "must be a whole number from 1 to 1048576".into(),
+                    )
+                })? as usize,
         ),
     };
     let kind = match rule.get("type") {
@@ -552,24 +654,39 @@ fn parse_rule(column: &str, rule: &Value, here: &str) -> Result<ColumnRule, Mapp
         Some(_) => return Err(err("type", format!("must be one of {}", ColumnKind::NAMES))),
     };
     let source = match (rule.get("from"), rule.get("value")) {
-        (Some(_), Some(_)) => return Err(err("", "give either \"from\" or \"value\", not both".into())),
-        (None, None) => return Err(err("", "needs \"from\" (a referral field) or \"value\" (a constant)".into())),
-        (None, Some(value)) => Source::Constant(value.clone()),
-        (Some(Value::String(path)), None) => {
-            Source::Fields(vec![FieldPath::parse(path).map_err(|reason| err("from", reason))?])
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "",
+                "give either \"from\" or \"value\", not both".into(),
+            ));
         }
+        (None, None) => {
+            return Err(err(
+                "",
+                "needs \"from\" (a referral field) or \"value\" (a constant)".into(),
+            ));
+        }
+        (None, Some(value)) => Source::Constant(value.clone()),
+        (Some(Value::String(path)), None) => Source::Fields(vec![
+            FieldPath::parse(path).map_err(|reason| err("from", reason))?,
+        ]),
         (Some(Value::Array(paths)), None) if !paths.is_empty() => {
             let mut parsed = Vec::new();
             for (i, p) in paths.iter().enumerate() {
                 let text = p
                     .as_str()
                     .ok_or_else(|| err(&format!("from[{i}]"), "must be a string".into()))?;
-                parsed.push(FieldPath::parse(text).map_err(|reason| err(&format!("from[{i}]"), reason))?);
+                parsed.push(
+                    FieldPath::parse(text).map_err(|reason| err(&format!("from[{i}]"), reason))?,
+                );
             }
             Source::Fields(parsed)
         }
         (Some(_), None) => {
-            return Err(err("from", "must be a field path string or a non-empty array of them".into()));
+            return Err(err(
+                "from",
+                "must be a field path string or a non-empty array of them".into(),
+            ));
         }
     };
     let rule = ColumnRule {
@@ -659,7 +776,9 @@ impl ColumnRule {
             },
             ColumnKind::Date => {
                 let text = value.as_str().ok_or_else(|| fail("is not a date"))?;
-                date_part(text).map(Value::from).ok_or_else(|| fail("is not an ISO 8601 date"))
+                date_part(text)
+                    .map(Value::from)
+                    .ok_or_else(|| fail("is not an ISO 8601 date"))
             }
             ColumnKind::Boolean => match value {
                 Value::Bool(_) => Ok(value.clone()),
@@ -848,11 +967,13 @@ pub fn status_change(referral: &Referral, lead: &Lead) -> Option<StatusChange> {
             substatus: "Accepted",
             reason: None,
         }),
-        (ReferralStatus::New | ReferralStatus::Active, LeadState::Disqualified) => Some(StatusChange {
-            status: "Closed",
-            substatus: "Lost",
-            reason: Some(lead.disqualify_reason()),
-        }),
+        (ReferralStatus::New | ReferralStatus::Active, LeadState::Disqualified) => {
+            Some(StatusChange {
+                status: "Closed",
+                substatus: "Lost",
+                reason: Some(lead.disqualify_reason()),
+            })
+        }
         _ => None,
     }
 }
@@ -902,7 +1023,10 @@ mod tests {
 
     #[test]
     fn default_mapping_table() {
-        let LeadPlan::Create { columns } = Mapping::default().plan_lead(&referral(json!({})), None).unwrap() else {
+        let LeadPlan::Create { columns } = Mapping::default()
+            .plan_lead(&referral(json!({})), None)
+            .unwrap()
+        else {
             panic!()
         };
         let expected = json!({
@@ -936,12 +1060,16 @@ mod tests {
 
     #[test]
     fn bad_values_are_mapping_errors_naming_column_and_field() {
-        let r = referral(json!({"details": {"dealValue": "a lot", "closingDateTime": "2026-12-01"}}));
+        let r =
+            referral(json!({"details": {"dealValue": "a lot", "closingDateTime": "2026-12-01"}}));
         let err = Mapping::default().plan_lead(&r, None).unwrap_err();
         assert_eq!(err.column, "estimatedamount");
         assert_eq!(err.field, "details.dealValue");
         let r = referral(json!({"details": {"closingDateTime": "soon"}}));
-        assert_eq!(Mapping::default().plan_lead(&r, None).unwrap_err().column, "estimatedclosedate");
+        assert_eq!(
+            Mapping::default().plan_lead(&r, None).unwrap_err().column,
+            "estimatedclosedate"
+        );
     }
 
     #[test]
@@ -951,8 +1079,21 @@ mod tests {
         let mut current = m.lead_columns(&r, false).unwrap();
         current.insert("description".into(), json!("old notes"));
         current.insert("estimatedamount".into(), json!(10000.46));
-        let plan = m.plan_lead(&r, Some(&lead(LeadState::Open, Some(1), Value::Object(current)))).unwrap();
-        assert_eq!(plan, LeadPlan::Update { changes: json!({"description": "Needs help"}).as_object().cloned().unwrap() });
+        let plan = m
+            .plan_lead(
+                &r,
+                Some(&lead(LeadState::Open, Some(1), Value::Object(current))),
+            )
+            .unwrap();
+        assert_eq!(
+            plan,
+            LeadPlan::Update {
+                changes: json!({"description": "Needs help"})
+                    .as_object()
+                    .cloned()
+                    .unwrap()
+            }
+        );
     }
 
     #[test]
@@ -962,14 +1103,21 @@ mod tests {
         let mut current = m.lead_columns(&r, false).unwrap();
         current.insert("estimatedamount".into(), json!(10000.460000));
         current.insert("address1_line2".into(), json!(""));
-        let plan = m.plan_lead(&r, Some(&lead(LeadState::Open, Some(1), Value::Object(current)))).unwrap();
+        let plan = m
+            .plan_lead(
+                &r,
+                Some(&lead(LeadState::Open, Some(1), Value::Object(current))),
+            )
+            .unwrap();
         assert_eq!(plan, LeadPlan::Unchanged);
     }
 
     #[test]
     fn qualified_and_disqualified_leads_are_read_only() {
         for state in [LeadState::Qualified, LeadState::Disqualified] {
-            let plan = Mapping::default().plan_lead(&referral(json!({})), Some(&lead(state, None, json!({})))).unwrap();
+            let plan = Mapping::default()
+                .plan_lead(&referral(json!({})), Some(&lead(state, None, json!({}))))
+                .unwrap();
             assert_eq!(plan, LeadPlan::ReadOnly { state });
         }
     }
@@ -977,33 +1125,70 @@ mod tests {
     #[test]
     fn status_table() {
         let cases = [
-            ("New", LeadState::Open, None, Some(("Active", "Accepted", None))),
-            ("New", LeadState::Qualified, Some(3), Some(("Active", "Accepted", None))),
+            (
+                "New",
+                LeadState::Open,
+                None,
+                Some(("Active", "Accepted", None)),
+            ),
+            (
+                "New",
+                LeadState::Qualified,
+                Some(3),
+                Some(("Active", "Accepted", None)),
+            ),
             ("Active", LeadState::Open, Some(1), None),
             ("Active", LeadState::Qualified, Some(3), None),
-            ("Active", LeadState::Disqualified, Some(5), Some(("Closed", "Lost", Some("Cannot Contact")))),
-            ("New", LeadState::Disqualified, Some(4), Some(("Closed", "Lost", Some("Lost")))),
+            (
+                "Active",
+                LeadState::Disqualified,
+                Some(5),
+                Some(("Closed", "Lost", Some("Cannot Contact"))),
+            ),
+            (
+                "New",
+                LeadState::Disqualified,
+                Some(4),
+                Some(("Closed", "Lost", Some("Lost"))),
+            ),
             ("Closed", LeadState::Disqualified, Some(4), None),
             ("Closed", LeadState::Open, Some(1), None),
         ];
         for (status, state, code, expected) in cases {
             let r = referral(json!({"status": status}));
             let got = status_change(&r, &lead(state, code, json!({})));
-            let expected = expected.map(|(s, sub, reason): (&str, &str, Option<&str>)| StatusChange {
-                status: if s == "Active" { "Active" } else { "Closed" },
-                substatus: if sub == "Accepted" { "Accepted" } else { "Lost" },
-                reason: reason.map(str::to_owned),
-            });
+            let expected =
+                expected.map(
+                    |(s, sub, reason): (&str, &str, Option<&str>)| StatusChange {
+                        status: if s == "Active" { "Active" } else { "Closed" },
+                        substatus: if sub == "Accepted" {
+                            "Accepted"
+                        } else {
+                            "Lost"
+                        },
+                        reason: reason.map(str::to_owned),
+                    },
+                );
             assert_eq!(got, expected, "{status} / {state:?}");
         }
         let outgoing = referral(json!({"direction": "Outgoing"}));
-        assert_eq!(status_change(&outgoing, &lead(LeadState::Open, None, json!({}))), None);
+        assert_eq!(
+            status_change(&outgoing, &lead(LeadState::Open, None, json!({}))),
+            None
+        );
     }
 
     #[test]
     fn writeback_sets_reference_and_accepts_a_new_referral() {
-        let wb = Mapping::default().plan_writeback(&referral(json!({})), &lead(LeadState::Open, Some(1), json!({}))).unwrap();
-        let WriteBack::Patch(ops) = wb else { panic!("{wb:?}") };
+        let wb = Mapping::default()
+            .plan_writeback(
+                &referral(json!({})),
+                &lead(LeadState::Open, Some(1), json!({})),
+            )
+            .unwrap();
+        let WriteBack::Patch(ops) = wb else {
+            panic!("{wb:?}")
+        };
         let ops = serde_json::to_value(ops).unwrap();
         assert_eq!(
             ops,
@@ -1017,8 +1202,13 @@ mod tests {
 
     #[test]
     fn writeback_closes_as_lost_with_reason_and_never_touches_closed() {
-        let r = referral(json!({"status": "Active", "substatus": "Accepted", "externalReferenceId": LEAD, "statusReason": ""}));
-        let WriteBack::Patch(ops) = Mapping::default().plan_writeback(&r, &lead(LeadState::Disqualified, Some(6), json!({}))).unwrap() else {
+        let r = referral(
+            json!({"status": "Active", "substatus": "Accepted", "externalReferenceId": LEAD, "statusReason": ""}),
+        );
+        let WriteBack::Patch(ops) = Mapping::default()
+            .plan_writeback(&r, &lead(LeadState::Disqualified, Some(6), json!({})))
+            .unwrap()
+        else {
             panic!()
         };
         assert_eq!(
@@ -1031,16 +1221,22 @@ mod tests {
         );
         let closed = referral(json!({"status": "Closed"}));
         assert_eq!(
-            Mapping::default().plan_writeback(&closed, &lead(LeadState::Open, None, json!({}))).unwrap(),
+            Mapping::default()
+                .plan_writeback(&closed, &lead(LeadState::Open, None, json!({})))
+                .unwrap(),
             WriteBack::Closed
         );
     }
 
     #[test]
     fn writeback_after_writeback_is_unchanged() {
-        let r = referral(json!({"status": "Active", "substatus": "Accepted", "externalReferenceId": LEAD}));
+        let r = referral(
+            json!({"status": "Active", "substatus": "Accepted", "externalReferenceId": LEAD}),
+        );
         assert_eq!(
-            Mapping::default().plan_writeback(&r, &lead(LeadState::Open, Some(1), json!({}))).unwrap(),
+            Mapping::default()
+                .plan_writeback(&r, &lead(LeadState::Open, Some(1), json!({})))
+                .unwrap(),
             WriteBack::Unchanged
         );
     }
@@ -1068,8 +1264,14 @@ mod tests {
 
     #[test]
     fn replace_defaults_keeps_only_the_file() {
-        let m = Mapping::from_json_text(r#"{"replaceDefaults": true, "columns": {"subject": {"from": "name"}}}"#).unwrap();
-        assert_eq!(m.select_columns(), vec!["leadid", "statecode", "statuscode", "subject"]);
+        let m = Mapping::from_json_text(
+            r#"{"replaceDefaults": true, "columns": {"subject": {"from": "name"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            m.select_columns(),
+            vec!["leadid", "statecode", "statuscode", "subject"]
+        );
     }
 
     #[test]
@@ -1082,16 +1284,29 @@ mod tests {
         )
         .unwrap();
         let r = referral(json!({"status": "Active", "externalReferenceId": LEAD}));
-        let l = lead(LeadState::Open, Some(1), json!({"estimatedamount": 25000, "estimatedclosedate": "2026-12-01"}));
-        let WriteBack::Patch(ops) = m.plan_writeback(&r, &l).unwrap() else { panic!() };
+        let l = lead(
+            LeadState::Open,
+            Some(1),
+            json!({"estimatedamount": 25000, "estimatedclosedate": "2026-12-01"}),
+        );
+        let WriteBack::Patch(ops) = m.plan_writeback(&r, &l).unwrap() else {
+            panic!()
+        };
         assert_eq!(
             serde_json::to_value(&ops).unwrap(),
             json!([{"op": "replace", "path": "/details/dealValue", "value": 25000}])
         );
         let updated = referral(json!({"status": "Active", "externalReferenceId": LEAD,
             "details": {"dealValue": 25000, "closingDateTime": "2026-12-01T00:00:00Z"}}));
-        assert_eq!(m.plan_writeback(&updated, &l).unwrap(), WriteBack::Unchanged);
-        assert!(!m.lead_columns(&updated, true).unwrap().contains_key("estimatedamount"));
+        assert_eq!(
+            m.plan_writeback(&updated, &l).unwrap(),
+            WriteBack::Unchanged
+        );
+        assert!(
+            !m.lead_columns(&updated, true)
+                .unwrap()
+                .contains_key("estimatedamount")
+        );
     }
 
     #[test]
@@ -1099,10 +1314,16 @@ mod tests {
         let m = Mapping::from_json_text(r#"{"columns": {"new_x": {"from": "extra.score", "direction": "crm-to-pc", "type": "number"}}}"#)
             .unwrap();
         let r = referral(json!({"status": "Active", "externalReferenceId": LEAD}));
-        let WriteBack::Patch(ops) = m.plan_writeback(&r, &lead(LeadState::Open, None, json!({"new_x": 7}))).unwrap() else {
+        let WriteBack::Patch(ops) = m
+            .plan_writeback(&r, &lead(LeadState::Open, None, json!({"new_x": 7})))
+            .unwrap()
+        else {
             panic!()
         };
-        assert_eq!(serde_json::to_value(&ops).unwrap(), json!([{"op": "add", "path": "/extra", "value": {"score": 7}}]));
+        assert_eq!(
+            serde_json::to_value(&ops).unwrap(),
+            json!([{"op": "add", "path": "/extra", "value": {"score": 7}}])
+        );
     }
 
     #[test]
@@ -1111,20 +1332,59 @@ mod tests {
             ("[]", "(top level)"),
             (r#"{"columns": []}"#, "columns"),
             (r#"{"colums": {}}"#, "colums"),
-            (r#"{"columns": {"Subject": {"from": "name"}}}"#, "columns.Subject"),
-            (r#"{"columns": {"statecode": {"value": 1}}}"#, "columns.statecode"),
-            (r#"{"columns": {"subject": {"form": "name"}}}"#, "columns.subject.form"),
+            (
+                r#"{"columns": {"Subject": {"from": "name"}}}"#,
+                "columns.Subject",
+            ),
+            (
+                r#"{"columns": {"statecode": {"value": 1}}}"#,
+                "columns.statecode",
+            ),
+            (
+                r#"{"columns": {"subject": {"form": "name"}}}"#,
+                "columns.subject.form",
+            ),
             (r#"{"columns": {"subject": {}}}"#, "columns.subject"),
-            (r#"{"columns": {"subject": {"from": "name", "value": "x"}}}"#, "columns.subject"),
-            (r#"{"columns": {"subject": {"from": "a..b"}}}"#, "columns.subject.from"),
-            (r#"{"columns": {"subject": {"from": "a[x]"}}}"#, "columns.subject.from"),
-            (r#"{"columns": {"subject": {"from": "name", "direction": "both"}}}"#, "columns.subject.direction"),
-            (r#"{"columns": {"new_x": {"from": "name", "type": "guid"}}}"#, "columns.new_x.type"),
-            (r#"{"columns": {"leadsourcecode": {"value": "partner"}}}"#, "columns.leadsourcecode.value"),
-            (r#"{"columns": {"new_x": {"value": 1, "direction": "crm-to-pc"}}}"#, "columns.new_x"),
-            (r#"{"columns": {"new_x": {"from": "status", "direction": "crm-to-pc"}}}"#, "columns.new_x.from"),
-            (r#"{"columns": {"new_x": {"from": "customerProfile.team[0].email", "direction": "crm-to-pc"}}}"#, "columns.new_x.from"),
-            (r#"{"columns": {"new_x": {"from": "details.notes", "direction": "crm-to-pc"}}}"#, "columns.new_x.from"),
+            (
+                r#"{"columns": {"subject": {"from": "name", "value": "x"}}}"#,
+                "columns.subject",
+            ),
+            (
+                r#"{"columns": {"subject": {"from": "a..b"}}}"#,
+                "columns.subject.from",
+            ),
+            (
+                r#"{"columns": {"subject": {"from": "a[x]"}}}"#,
+                "columns.subject.from",
+            ),
+            (
+                r#"{"columns": {"subject": {"from": "name", "direction": "both"}}}"#,
+                "columns.subject.direction",
+            ),
+            (
+                r#"{"columns": {"new_x": {"from": "name", "type": "guid"}}}"#,
+                "columns.new_x.type",
+            ),
+            (
+                r#"{"columns": {"leadsourcecode": {"value": "partner"}}}"#,
+                "columns.leadsourcecode.value",
+            ),
+            (
+                r#"{"columns": {"new_x": {"value": 1, "direction": "crm-to-pc"}}}"#,
+                "columns.new_x",
+            ),
+            (
+                r#"{"columns": {"new_x": {"from": "status", "direction": "crm-to-pc"}}}"#,
+                "columns.new_x.from",
+            ),
+            (
+                r#"{"columns": {"new_x": {"from": "customerProfile.team[0].email", "direction": "crm-to-pc"}}}"#,
+                "columns.new_x.from",
+            ),
+            (
+                r#"{"columns": {"new_x": {"from": "details.notes", "direction": "crm-to-pc"}}}"#,
+                "columns.new_x.from",
+            ),
         ];
         for (text, field) in cases {
             match Mapping::from_json_text(text) {
@@ -1132,7 +1392,10 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
-        assert!(matches!(Mapping::from_json_text("{"), Err(MappingError::Json(_))));
+        assert!(matches!(
+            Mapping::from_json_text("{"),
+            Err(MappingError::Json(_))
+        ));
     }
 
     #[test]
@@ -1141,8 +1404,24 @@ mod tests {
         let r = referral(json!({}));
         assert_eq!(p.get(r.document()), Some(&json!("bob@fabrikam.test")));
         assert_eq!(p.pointer(), None);
-        assert_eq!(FieldPath::parse("details.dealValue").unwrap().pointer().as_deref(), Some("/details/dealValue"));
-        assert_eq!(FieldPath::parse("CUSTOMERPROFILE.NAME").unwrap().get(r.document()), Some(&json!("Fabrikam Inc")));
-        assert_eq!(FieldPath::parse("customerProfile.team[9].email").unwrap().get(r.document()), None);
+        assert_eq!(
+            FieldPath::parse("details.dealValue")
+                .unwrap()
+                .pointer()
+                .as_deref(),
+            Some("/details/dealValue")
+        );
+        assert_eq!(
+            FieldPath::parse("CUSTOMERPROFILE.NAME")
+                .unwrap()
+                .get(r.document()),
+            Some(&json!("Fabrikam Inc"))
+        );
+        assert_eq!(
+            FieldPath::parse("customerProfile.team[9].email")
+                .unwrap()
+                .get(r.document()),
+            None
+        );
     }
 }

@@ -138,7 +138,13 @@ impl PartnerCenterClient {
     #[tracing::instrument(skip_all, fields(referral_id = %id))]
     pub async fn get_referral(&self, id: &ReferralId) -> Result<Referral, PartnerCenterError> {
         let response = self
-            .send("get referral", Method::GET, self.referral_url(id)?, PARTNER_CENTER_SCOPE, |r| r)
+            .send(
+                "get referral",
+                Method::GET,
+                self.referral_url(id)?,
+                PARTNER_CENTER_SCOPE,
+                |r| r,
+            )
             .await?;
         match response.status() {
             StatusCode::OK => {
@@ -153,7 +159,11 @@ impl PartnerCenterClient {
                     .map_err(|e| CallError::Decode(crate::http::describe(&e)))?;
                 let referral = Referral::from_json(body, etag.as_deref())?;
                 if referral.id() != id {
-                    return Err(CallError::Decode(format!("asked for {id}, got {}", referral.id())).into());
+                    return Err(CallError::Decode(format!(
+                        "asked for {id}, got {}",
+                        referral.id()
+                    ))
+                    .into());
                 }
                 Ok(referral)
             }
@@ -171,13 +181,19 @@ impl PartnerCenterClient {
         ops: &[PatchOp],
     ) -> Result<(), PartnerCenterError> {
         let response = self
-            .send("patch referral", Method::PATCH, self.referral_url(id)?, PARTNER_CENTER_SCOPE, |r| {
-                let r = r.json(ops);
-                match etag {
-                    Some(etag) => r.header("If-Match", etag),
-                    None => r,
-                }
-            })
+            .send(
+                "patch referral",
+                Method::PATCH,
+                self.referral_url(id)?,
+                PARTNER_CENTER_SCOPE,
+                |r| {
+                    let r = r.json(ops);
+                    match etag {
+                        Some(etag) => r.header("If-Match", etag),
+                        None => r,
+                    }
+                },
+            )
             .await?;
         match response.status() {
             s if s.is_success() => Ok(()),
@@ -203,11 +219,21 @@ impl PartnerCenterClient {
 
     /// Reads one page; `@odata.nextLink` must stay on the API host.
     pub async fn list_page(&self, url: &Url) -> Result<ReferralPage, PartnerCenterError> {
-        if url.host_str() != self.api.host_str() || url.port_or_known_default() != self.api.port_or_known_default() {
-            return Err(PartnerCenterError::ForeignNextLink(url.host_str().unwrap_or("").to_owned()));
+        if url.host_str() != self.api.host_str()
+            || url.port_or_known_default() != self.api.port_or_known_default()
+        {
+            return Err(PartnerCenterError::ForeignNextLink(
+                url.host_str().unwrap_or("").to_owned(),
+            ));
         }
         let response = self
-            .send("list referrals", Method::GET, url.clone(), PARTNER_CENTER_SCOPE, |r| r)
+            .send(
+                "list referrals",
+                Method::GET,
+                url.clone(),
+                PARTNER_CENTER_SCOPE,
+                |r| r,
+            )
             .await?;
         if !response.status().is_success() {
             return Err(CallError::from_response(response).await.into());
@@ -221,16 +247,25 @@ impl PartnerCenterClient {
             invalid: Vec::new(),
             next: None,
         };
-        for item in body.get("value").and_then(Value::as_array).into_iter().flatten() {
+        for item in body
+            .get("value")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             match Referral::from_json(item.clone(), None) {
                 Ok(referral) => page.referrals.push(referral),
                 Err(e) => page.invalid.push(e.to_string()),
             }
         }
         if let Some(next) = body.get("@odata.nextLink").and_then(Value::as_str) {
-            let next = url.join(next).map_err(|e| CallError::Decode(e.to_string()))?;
+            let next = url
+                .join(next)
+                .map_err(|e| CallError::Decode(e.to_string()))?;
             if next.host_str() != self.api.host_str() {
-                return Err(PartnerCenterError::ForeignNextLink(next.host_str().unwrap_or("").to_owned()));
+                return Err(PartnerCenterError::ForeignNextLink(
+                    next.host_str().unwrap_or("").to_owned(),
+                ));
             }
             page.next = Some(next);
         }
@@ -241,7 +276,13 @@ impl PartnerCenterClient {
     pub async fn get_registration(&self) -> Result<Option<Value>, PartnerCenterError> {
         let url = Self::url(&self.webhook_api, "/webhooks/v1/registration")?;
         let response = self
-            .send("get webhook registration", Method::GET, url, PARTNER_CENTER_WEBHOOK_SCOPE, |r| r)
+            .send(
+                "get webhook registration",
+                Method::GET,
+                url,
+                PARTNER_CENTER_WEBHOOK_SCOPE,
+                |r| r,
+            )
             .await?;
         match response.status() {
             StatusCode::NOT_FOUND | StatusCode::NO_CONTENT => Ok(None),
@@ -257,11 +298,21 @@ impl PartnerCenterClient {
     }
 
     /// Creates (`POST`) or replaces (`PUT`) the per-tenant registration.
-    pub async fn put_registration(&self, create: bool, body: &Value) -> Result<Value, PartnerCenterError> {
+    pub async fn put_registration(
+        &self,
+        create: bool,
+        body: &Value,
+    ) -> Result<Value, PartnerCenterError> {
         let url = Self::url(&self.webhook_api, "/webhooks/v1/registration")?;
         let method = if create { Method::POST } else { Method::PUT };
         let response = self
-            .send("write webhook registration", method, url, PARTNER_CENTER_WEBHOOK_SCOPE, |r| r.json(body))
+            .send(
+                "write webhook registration",
+                method,
+                url,
+                PARTNER_CENTER_WEBHOOK_SCOPE,
+                |r| r.json(body),
+            )
             .await?;
         if !response.status().is_success() {
             return Err(CallError::from_response(response).await.into());
@@ -271,9 +322,18 @@ impl PartnerCenterClient {
 
     /// Asks Partner Center to send a `test-created` event; returns the correlation id.
     pub async fn post_validation_event(&self) -> Result<String, PartnerCenterError> {
-        let url = Self::url(&self.webhook_api, "/webhooks/v1/registration/validationEvents")?;
+        let url = Self::url(
+            &self.webhook_api,
+            "/webhooks/v1/registration/validationEvents",
+        )?;
         let response = self
-            .send("post validation event", Method::POST, url, PARTNER_CENTER_WEBHOOK_SCOPE, |r| r)
+            .send(
+                "post validation event",
+                Method::POST,
+                url,
+                PARTNER_CENTER_WEBHOOK_SCOPE,
+                |r| r,
+            )
             .await?;
         if !response.status().is_success() {
             return Err(CallError::from_response(response).await.into());
@@ -289,12 +349,24 @@ impl PartnerCenterClient {
     }
 
     /// The delivery result of a validation event.
-    pub async fn get_validation_event(&self, correlation_id: &str) -> Result<Value, PartnerCenterError> {
+    pub async fn get_validation_event(
+        &self,
+        correlation_id: &str,
+    ) -> Result<Value, PartnerCenterError> {
         let id = ReferralId::parse(correlation_id)
             .map_err(|_| CallError::Decode("the correlation id is not a GUID".into()))?;
-        let url = Self::url(&self.webhook_api, &format!("/webhooks/v1/registration/validationEvents/{id}"))?;
+        let url = Self::url(
+            &self.webhook_api,
+            &format!("/webhooks/v1/registration/validationEvents/{id}"),
+        )?;
         let response = self
-            .send("get validation event", Method::GET, url, PARTNER_CENTER_WEBHOOK_SCOPE, |r| r)
+            .send(
+                "get validation event",
+                Method::GET,
+                url,
+                PARTNER_CENTER_WEBHOOK_SCOPE,
+                |r| r,
+            )
             .await?;
         if !response.status().is_success() {
             return Err(CallError::from_response(response).await.into());

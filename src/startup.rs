@@ -57,7 +57,9 @@ pub struct Application {
 impl Application {
     /// Binds `127.0.0.1:<settings.port>` (0 picks a free port) and builds the state.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], settings.port))).await?;
+        let listener =
+            tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], settings.port)))
+                .await?;
         let state = Arc::new(AppState::new(settings)?);
         Ok(Self { listener, state })
     }
@@ -84,7 +86,9 @@ impl Application {
 }
 
 /// All routes.
-pub fn routes(state: Arc<AppState>) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
     let with_state = warp::any().map(move || state.clone());
     let invocation_id = warp::header::optional::<String>("x-azure-functions-invocationid");
     let webhook = warp::post()
@@ -151,7 +155,11 @@ fn invocation_span(function: &'static str, invocation_id: Option<String>) -> tra
     )
 }
 
-async fn webhook<S, B>(state: Arc<AppState>, invocation_id: Option<String>, body: S) -> warp::reply::Response
+async fn webhook<S, B>(
+    state: Arc<AppState>,
+    invocation_id: Option<String>,
+    body: S,
+) -> warp::reply::Response
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -166,14 +174,19 @@ where
             );
             return json_reply(StatusCode::OK, &response);
         };
-        let outcome = routes::webhook::process(&state.certs, &envelope, OffsetDateTime::now_utc()).await;
+        let outcome =
+            routes::webhook::process(&state.certs, &envelope, OffsetDateTime::now_utc()).await;
         json_reply(StatusCode::OK, &routes::webhook::respond(&outcome))
     }
     .instrument(span)
     .await
 }
 
-async fn referral_sync<S, B>(state: Arc<AppState>, invocation_id: Option<String>, body: S) -> warp::reply::Response
+async fn referral_sync<S, B>(
+    state: Arc<AppState>,
+    invocation_id: Option<String>,
+    body: S,
+) -> warp::reply::Response
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -182,7 +195,8 @@ where
     async move {
         let envelope = read_capped(body).await.unwrap_or_default();
         let syncer = state.syncer.as_ref().map_err(String::as_str);
-        let answer = routes::referral_sync::handle(syncer, state.max_dequeue_count, &envelope).await;
+        let answer =
+            routes::referral_sync::handle(syncer, state.max_dequeue_count, &envelope).await;
         let status = if answer.success {
             StatusCode::OK
         } else {

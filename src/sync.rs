@@ -73,14 +73,19 @@ impl SyncReport {
             LeadOutcome::Created => "lead created".to_owned(),
             LeadOutcome::Updated => "lead updated".to_owned(),
             LeadOutcome::Unchanged => "lead unchanged".to_owned(),
-            LeadOutcome::ReadOnly(state) => format!("lead {} (read-only, not written)", state.name()),
+            LeadOutcome::ReadOnly(state) => {
+                format!("lead {} (read-only, not written)", state.name())
+            }
         };
         let referral = match self.write_back {
             WriteBackOutcome::Patched => "referral patched",
             WriteBackOutcome::Unchanged => "referral unchanged",
             WriteBackOutcome::SkippedClosed => "referral closed (never patched)",
         };
-        format!("referral {}: {lead} ({}), {referral}", self.referral_id, self.lead_id)
+        format!(
+            "referral {}: {lead} ({}), {referral}",
+            self.referral_id, self.lead_id
+        )
     }
 }
 
@@ -160,7 +165,9 @@ impl SyncMessage {
                 event_name: None,
             });
         }
-        serde_json::from_str(trimmed).map_err(|e| SyncError::Malformed(format!("expected {{\"referralId\": \"<guid>\"}}: {e}")))
+        serde_json::from_str(trimmed).map_err(|e| {
+            SyncError::Malformed(format!("expected {{\"referralId\": \"<guid>\"}}: {e}"))
+        })
     }
 }
 
@@ -243,7 +250,9 @@ impl Syncer {
                     attempt += 1;
                     tokio::time::sleep(self.not_found_delay * 2u32.pow(attempt)).await;
                 }
-                Err(PartnerCenterError::NotFound(_)) => return Err(SyncError::ReferralNotFound(id.clone())),
+                Err(PartnerCenterError::NotFound(_)) => {
+                    return Err(SyncError::ReferralNotFound(id.clone()));
+                }
                 other => return Ok(other?),
             }
         }
@@ -264,22 +273,33 @@ impl Syncer {
             let plan = self.mapping.plan_lead(&referral, current.as_ref())?;
             let (lead, outcome) = match (plan, current) {
                 (LeadPlan::Create { columns }, _) => {
-                    match self.dataverse.upsert_lead(id, &columns, &Condition::CreateOnly, &returned).await {
+                    match self
+                        .dataverse
+                        .upsert_lead(id, &columns, &Condition::CreateOnly, &returned)
+                        .await
+                    {
                         Ok(done) => (done.lead, LeadOutcome::Created),
                         Err(DataverseError::Conflict) => continue,
                         Err(e) => return Err(e.into()),
                     }
                 }
                 (LeadPlan::Update { changes }, Some(current)) => {
-                    let condition = Condition::IfMatch(current.etag.clone().unwrap_or_else(|| "*".into()));
-                    match self.dataverse.upsert_lead(id, &changes, &condition, &returned).await {
+                    let condition =
+                        Condition::IfMatch(current.etag.clone().unwrap_or_else(|| "*".into()));
+                    match self
+                        .dataverse
+                        .upsert_lead(id, &changes, &condition, &returned)
+                        .await
+                    {
                         Ok(done) => (merge(current, done.lead), LeadOutcome::Updated),
                         Err(DataverseError::Conflict | DataverseError::Gone) => continue,
                         Err(e) => return Err(e.into()),
                     }
                 }
                 (LeadPlan::Unchanged, Some(current)) => (current, LeadOutcome::Unchanged),
-                (LeadPlan::ReadOnly { state }, Some(current)) => (current, LeadOutcome::ReadOnly(state)),
+                (LeadPlan::ReadOnly { state }, Some(current)) => {
+                    (current, LeadOutcome::ReadOnly(state))
+                }
                 (_, None) => continue,
             };
             if matches!(outcome, LeadOutcome::Created | LeadOutcome::Updated) {
@@ -287,7 +307,11 @@ impl Syncer {
             }
             let write_back = match self.mapping.plan_writeback(&referral, &lead)? {
                 WriteBack::Patch(ops) => {
-                    match self.partner_center.patch_referral(id, referral.e_tag(), &ops).await {
+                    match self
+                        .partner_center
+                        .patch_referral(id, referral.e_tag(), &ops)
+                        .await
+                    {
                         Ok(()) => WriteBackOutcome::Patched,
                         Err(PartnerCenterError::PreconditionFailed) => continue,
                         Err(e) => return Err(e.into()),
@@ -296,7 +320,10 @@ impl Syncer {
                 WriteBack::Unchanged => WriteBackOutcome::Unchanged,
                 WriteBack::Closed => {
                     if referral.status() != &ReferralStatus::Closed {
-                        tracing::warn!(status = referral.status().as_str(), "unknown referral status; not patched");
+                        tracing::warn!(
+                            status = referral.status().as_str(),
+                            "unknown referral status; not patched"
+                        );
                     }
                     WriteBackOutcome::SkippedClosed
                 }
@@ -329,26 +356,39 @@ mod tests {
     #[test]
     fn messages_parse_from_the_webhook_object_or_a_bare_id() {
         let id = "c5fbb3b6-be74-4795-9fb5-4324c73fed37";
-        let m = SyncMessage::parse(&format!(r#"{{"referralId":"{id}","eventName":"referral-created"}}"#)).unwrap();
+        let m = SyncMessage::parse(&format!(
+            r#"{{"referralId":"{id}","eventName":"referral-created"}}"#
+        ))
+        .unwrap();
         assert_eq!(m.referral_id.as_str(), id);
         assert_eq!(SyncMessage::parse(id).unwrap().referral_id.as_str(), id);
         for bad in ["", "{}", "[]", r#"{"referralId":"nope"}"#, "not json"] {
-            assert!(matches!(SyncMessage::parse(bad), Err(SyncError::Malformed(_))), "{bad}");
+            assert!(
+                matches!(SyncMessage::parse(bad), Err(SyncError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn disposition_table() {
         let id = ReferralId::parse("c5fbb3b6-be74-4795-9fb5-4324c73fed37").unwrap();
-        let status = |s: u16| {
-            CallError::Status { status: reqwest::StatusCode::from_u16(s).unwrap(), body: String::new(), retry_after: None }
+        let status = |s: u16| CallError::Status {
+            status: reqwest::StatusCode::from_u16(s).unwrap(),
+            body: String::new(),
+            retry_after: None,
         };
         let retry = [
             SyncError::PartnerCenter(PartnerCenterError::Call(status(429))),
             SyncError::PartnerCenter(PartnerCenterError::Call(status(503))),
             SyncError::Dataverse(DataverseError::Call(status(500))),
-            SyncError::Dataverse(DataverseError::Call(CallError::Transport("timed out".into()))),
-            SyncError::PartnerCenter(PartnerCenterError::Call(CallError::Token { message: "down".into(), transient: true })),
+            SyncError::Dataverse(DataverseError::Call(CallError::Transport(
+                "timed out".into(),
+            ))),
+            SyncError::PartnerCenter(PartnerCenterError::Call(CallError::Token {
+                message: "down".into(),
+                transient: true,
+            })),
             SyncError::NotConfigured("DATAVERSE_URL".into()),
             SyncError::Conflicts,
         ];
@@ -360,8 +400,15 @@ mod tests {
             SyncError::ReferralNotFound(id),
             SyncError::Dataverse(DataverseError::Call(status(400))),
             SyncError::PartnerCenter(PartnerCenterError::Call(status(403))),
-            SyncError::PartnerCenter(PartnerCenterError::Call(CallError::Token { message: "invalid_grant".into(), transient: false })),
-            SyncError::Mapping(MapError { column: "c".into(), field: "f".into(), reason: "r".into() }),
+            SyncError::PartnerCenter(PartnerCenterError::Call(CallError::Token {
+                message: "invalid_grant".into(),
+                transient: false,
+            })),
+            SyncError::Mapping(MapError {
+                column: "c".into(),
+                field: "f".into(),
+                reason: "r".into(),
+            }),
         ];
         for e in give_up {
             assert!(matches!(e.disposition(), Disposition::GiveUp(_)), "{e}");

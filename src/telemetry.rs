@@ -9,7 +9,8 @@ pub fn get_subscriber<W>(default_filter: &str, sink: W) -> impl Subscriber + Sen
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)

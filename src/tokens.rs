@@ -43,9 +43,11 @@ pub fn entra_url(authority: &Url, tenant: &str, endpoint: &str) -> Result<Url, C
         });
     }
     let base = authority.as_str().trim_end_matches('/');
-    Url::parse(&format!("{base}/{tenant}/oauth2/v2.0/{endpoint}")).map_err(|e| ConfigError::Invalid {
-        name: "AZURE_AUTHORITY_HOST",
-        reason: e.to_string(),
+    Url::parse(&format!("{base}/{tenant}/oauth2/v2.0/{endpoint}")).map_err(|e| {
+        ConfigError::Invalid {
+            name: "AZURE_AUTHORITY_HOST",
+            reason: e.to_string(),
+        }
     })
 }
 
@@ -83,7 +85,9 @@ pub struct EntraError {
 
 fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Number(n) => n.as_i64().ok_or_else(|| serde::de::Error::custom("expires_in")),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| serde::de::Error::custom("expires_in")),
         serde_json::Value::String(s) => s.parse().map_err(serde::de::Error::custom),
         _ => Err(serde::de::Error::custom("expires_in")),
     }
@@ -108,15 +112,25 @@ pub async fn post_form<T: serde::de::DeserializeOwned>(
         .map_err(|e| azure_core::Error::with_message(ErrorKind::Io, crate::http::describe(&e)))?;
     if status.is_success() {
         let parsed = serde_json::from_slice::<T>(&body).map_err(|_| {
-            azure_core::Error::with_message(ErrorKind::DataConversion, "the token endpoint answered with an unexpected body")
+            azure_core::Error::with_message(
+                ErrorKind::DataConversion,
+                "the token endpoint answered with an unexpected body",
+            )
         })?;
         return Ok(Ok(parsed));
     }
-    Ok(Err((status, serde_json::from_slice(&body).unwrap_or_default())))
+    Ok(Err((
+        status,
+        serde_json::from_slice(&body).unwrap_or_default(),
+    )))
 }
 
 /// The error for an OAuth error answer, keeping the status for classification.
-pub fn entra_failure(status: reqwest::StatusCode, error: &EntraError, fix: &str) -> azure_core::Error {
+pub fn entra_failure(
+    status: reqwest::StatusCode,
+    error: &EntraError,
+    fix: &str,
+) -> azure_core::Error {
     let first_line = error.error_description.lines().next().unwrap_or("");
     azure_core::Error::with_message(
         ErrorKind::HttpResponse {
@@ -124,7 +138,10 @@ pub fn entra_failure(status: reqwest::StatusCode, error: &EntraError, fix: &str)
             error_code: Some(error.error.clone()).filter(|e| !e.is_empty()),
             raw_response: None,
         },
-        format!("the token endpoint answered {status} {} {first_line}; {fix}", error.error),
+        format!(
+            "the token endpoint answered {status} {} {first_line}; {fix}",
+            error.error
+        ),
     )
 }
 
@@ -149,7 +166,10 @@ impl fmt::Debug for RefreshTokenCredential {
 
 impl RefreshTokenCredential {
     /// From the Partner Center settings; fails naming the first missing setting.
-    pub fn new(settings: &PartnerCenterSettings, client: reqwest::Client) -> Result<Arc<Self>, ConfigError> {
+    pub fn new(
+        settings: &PartnerCenterSettings,
+        client: reqwest::Client,
+    ) -> Result<Arc<Self>, ConfigError> {
         let (tenant, client_id, refresh) = settings.credentials()?;
         Ok(Arc::new(Self {
             client,
@@ -184,7 +204,8 @@ impl RefreshTokenCredential {
         match post_form::<TokenResponse>(&self.client, &self.token_url, &form).await? {
             Ok(token) => {
                 if let Some(rotated) = token.refresh_token.filter(|t| !t.is_empty()) {
-                    *self.refresh_token.lock().unwrap_or_else(|p| p.into_inner()) = Secret::new(rotated);
+                    *self.refresh_token.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Secret::new(rotated);
                 }
                 Ok(AccessToken::new(
                     token.access_token,
@@ -228,7 +249,11 @@ pub fn dataverse_credential(
     client: reqwest::Client,
 ) -> Result<Arc<dyn TokenCredential>, ConfigError> {
     let mut custom = CustomConfiguration::default();
-    custom.authority_host = settings.authority_host.as_str().trim_end_matches('/').to_owned();
+    custom.authority_host = settings
+        .authority_host
+        .as_str()
+        .trim_end_matches('/')
+        .to_owned();
     let client_options = ClientOptions {
         cloud: Some(Arc::new(CloudConfiguration::Custom(custom))),
         transport: Some(Transport::new(Arc::new(client))),
@@ -264,7 +289,8 @@ pub fn dataverse_credential(
                 client_options,
                 ..Default::default()
             };
-            let credential = ManagedIdentityCredential::new(Some(options)).map_err(|e| invalid("AZURE_CLIENT_ID", e))?;
+            let credential = ManagedIdentityCredential::new(Some(options))
+                .map_err(|e| invalid("AZURE_CLIENT_ID", e))?;
             Ok(credential)
         }
     }

@@ -10,7 +10,11 @@ pub mod sync;
 
 /// Command line.
 #[derive(Debug, Parser)]
-#[command(name = "referral-connector", version, about = "Partner Center referrals → Dynamics 365 leads, as an Azure Functions custom handler")]
+#[command(
+    name = "referral-connector",
+    version,
+    about = "Partner Center referrals → Dynamics 365 leads, as an Azure Functions custom handler"
+)]
 pub struct Cli {
     /// Read settings from this local.settings.json (its "Values" block); environment variables win.
     #[arg(long, global = true, value_name = "FILE")]

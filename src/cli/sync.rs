@@ -6,7 +6,11 @@ use crate::{config::Settings, domain::ReferralId, sync::Syncer};
 
 /// Syncs each id and prints `<id> created|updated|unchanged|failed: reason`.
 /// Returns whether every id succeeded.
-pub async fn run(settings: &Settings, ids: &[String], out: &mut impl Write) -> anyhow::Result<bool> {
+pub async fn run(
+    settings: &Settings,
+    ids: &[String],
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
     let syncer = Syncer::from_settings(settings)?;
     let mut ok = true;
     for raw in ids {

@@ -100,7 +100,9 @@ mod tests {
         let Value::Object(body) = json!({
             "@odata.context": "x", "@odata.etag": "W/\"42\"", "leadid": "AAAAAAAA-0000-0000-0000-000000000001",
             "statecode": 2, "statuscode": 6, "subject": "S", "estimatedamount@OData.Community.Display.V1.FormattedValue": "$1"
-        }) else { unreachable!() };
+        }) else {
+            unreachable!()
+        };
         let lead = Lead::from_entity(body).unwrap();
         assert_eq!(lead.lead_id, "aaaaaaaa-0000-0000-0000-000000000001");
         assert_eq!(lead.etag.as_deref(), Some("W/\"42\""));

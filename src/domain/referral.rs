@@ -165,7 +165,11 @@ mod tests {
 
     #[test]
     fn header_etag_is_used_when_the_body_has_none_and_empty_reference_is_none() {
-        let r = Referral::from_json(json!({"id": ID, "Status": "Closed", "externalReferenceId": ""}), Some("W/\"3\"")).unwrap();
+        let r = Referral::from_json(
+            json!({"id": ID, "Status": "Closed", "externalReferenceId": ""}),
+            Some("W/\"3\""),
+        )
+        .unwrap();
         assert_eq!(r.e_tag(), Some("W/\"3\""));
         assert_eq!(r.status(), &ReferralStatus::Closed);
         assert_eq!(r.external_reference_id(), None);
@@ -179,8 +183,17 @@ mod tests {
 
     #[test]
     fn documents_without_a_valid_id_are_rejected() {
-        assert_eq!(Referral::from_json(json!([]), None), Err(ReferralError::NotAnObject));
-        assert!(matches!(Referral::from_json(json!({"id": "x"}), None), Err(ReferralError::BadId(_))));
-        assert!(matches!(Referral::from_json(json!({}), None), Err(ReferralError::BadId(_))));
+        assert_eq!(
+            Referral::from_json(json!([]), None),
+            Err(ReferralError::NotAnObject)
+        );
+        assert!(matches!(
+            Referral::from_json(json!({"id": "x"}), None),
+            Err(ReferralError::BadId(_))
+        ));
+        assert!(matches!(
+            Referral::from_json(json!({}), None),
+            Err(ReferralError::BadId(_))
+        ));
     }
 }

@@ -98,7 +98,11 @@ mod tests {
             "c5fbb3b6be7447959fb54324c73fed37",
             "c5fbb3b6_be74-4795-9fb5-4324c73fed37",
         ] {
-            assert_eq!(ReferralId::parse(bad), Err(ReferralIdError::NotAGuid), "{bad}");
+            assert_eq!(
+                ReferralId::parse(bad),
+                Err(ReferralIdError::NotAGuid),
+                "{bad}"
+            );
         }
     }
 

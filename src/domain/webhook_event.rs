@@ -163,7 +163,9 @@ impl<'a> CaseInsensitive<'a> {
         for (key, value) in object {
             let lower = key.to_ascii_lowercase();
             if fields.iter().any(|(k, _)| *k == lower) {
-                return Err(EventError::DuplicateProperty(key.chars().take(50).collect()));
+                return Err(EventError::DuplicateProperty(
+                    key.chars().take(50).collect(),
+                ));
             }
             fields.push((lower, value));
         }
@@ -190,13 +192,26 @@ mod tests {
 
     #[test]
     fn referral_events_yield_the_id_from_the_last_segment() {
-        for name in ["referral-created", "referral-updated", "related-referral-created", "related-referral-updated"] {
-            let uri = format!("https://api.partnercenter.microsoft.com/engagements/v1/referrals/{ID}");
+        for name in [
+            "referral-created",
+            "referral-updated",
+            "related-referral-created",
+            "related-referral-updated",
+        ] {
+            let uri =
+                format!("https://api.partnercenter.microsoft.com/engagements/v1/referrals/{ID}");
             match WebhookEvent::parse(&body(name, &uri)).unwrap() {
-                WebhookEvent::Referral { name: n, referral_id, resource_change_utc_date } => {
+                WebhookEvent::Referral {
+                    name: n,
+                    referral_id,
+                    resource_change_utc_date,
+                } => {
                     assert_eq!(n.as_str(), name);
                     assert_eq!(referral_id.as_str(), ID);
-                    assert_eq!(resource_change_utc_date.as_deref(), Some("2026-11-20T10:15:30.1234567+00:00"));
+                    assert_eq!(
+                        resource_change_utc_date.as_deref(),
+                        Some("2026-11-20T10:15:30.1234567+00:00")
+                    );
                 }
                 other => panic!("{other:?}"),
             }
@@ -205,8 +220,13 @@ mod tests {
 
     #[test]
     fn keys_are_case_insensitive() {
-        let b = format!(r#"{{"eventName":"referral-updated","resourceUri":"https://x.test/referrals/{ID}"}}"#);
-        assert!(matches!(WebhookEvent::parse(b.as_bytes()), Ok(WebhookEvent::Referral { .. })));
+        let b = format!(
+            r#"{{"eventName":"referral-updated","resourceUri":"https://x.test/referrals/{ID}"}}"#
+        );
+        assert!(matches!(
+            WebhookEvent::parse(b.as_bytes()),
+            Ok(WebhookEvent::Referral { .. })
+        ));
     }
 
     #[test]
@@ -214,45 +234,85 @@ mod tests {
         let b = format!(
             r#"{{"EventName":"test-created","eventName":"referral-created","ResourceUri":"https://x.test/referrals/{ID}"}}"#
         );
-        assert!(matches!(WebhookEvent::parse(b.as_bytes()), Err(EventError::DuplicateProperty(_))));
+        assert!(matches!(
+            WebhookEvent::parse(b.as_bytes()),
+            Err(EventError::DuplicateProperty(_))
+        ));
     }
 
     #[test]
     fn test_and_unknown_events_are_ignored() {
-        let t = body("test-created", "http://localhost:16722/v1/webhooks/registration/test");
-        assert_eq!(WebhookEvent::parse(&t).unwrap(), WebhookEvent::Ignored { name: EventName::TestCreated });
+        let t = body(
+            "test-created",
+            "http://localhost:16722/v1/webhooks/registration/test",
+        );
+        assert_eq!(
+            WebhookEvent::parse(&t).unwrap(),
+            WebhookEvent::Ignored {
+                name: EventName::TestCreated
+            }
+        );
         let u = body("invoice-ready", "https://x.test/invoices/1");
         assert_eq!(
             WebhookEvent::parse(&u).unwrap(),
-            WebhookEvent::Ignored { name: EventName::Other("invoice-ready".into()) }
+            WebhookEvent::Ignored {
+                name: EventName::Other("invoice-ready".into())
+            }
         );
     }
 
     #[test]
     fn malformed_bodies_are_rejected_with_a_reason() {
-        let bom = [b"\xEF\xBB\xBF".as_slice(), &body("referral-created", &format!("https://x.test/{ID}"))].concat();
+        let bom = [
+            b"\xEF\xBB\xBF".as_slice(),
+            &body("referral-created", &format!("https://x.test/{ID}")),
+        ]
+        .concat();
         let cases: Vec<(Vec<u8>, EventError)> = vec![
             (b"".to_vec(), EventError::NotJson),
             (bom, EventError::NotJson),
             (b"[1]".to_vec(), EventError::NotAnObject),
-            (br#"{"ResourceUri":"x"}"#.to_vec(), EventError::MissingEventName),
-            (br#"{"EventName":42}"#.to_vec(), EventError::MissingEventName),
-            (br#"{"EventName":"referral-created"}"#.to_vec(), EventError::MissingResourceUri),
-            (body("referral-created", "not a url"), EventError::BadResourceUri),
-            (body("referral-created", "https://x.test/referrals/"), EventError::BadResourceUri),
+            (
+                br#"{"ResourceUri":"x"}"#.to_vec(),
+                EventError::MissingEventName,
+            ),
+            (
+                br#"{"EventName":42}"#.to_vec(),
+                EventError::MissingEventName,
+            ),
+            (
+                br#"{"EventName":"referral-created"}"#.to_vec(),
+                EventError::MissingResourceUri,
+            ),
+            (
+                body("referral-created", "not a url"),
+                EventError::BadResourceUri,
+            ),
+            (
+                body("referral-created", "https://x.test/referrals/"),
+                EventError::BadResourceUri,
+            ),
             (
                 body("referral-created", "https://x.test/referrals/12345"),
                 EventError::BadReferralId(ReferralIdError::NotAGuid),
             ),
         ];
         for (input, expected) in cases {
-            assert_eq!(WebhookEvent::parse(&input), Err(expected), "{}", String::from_utf8_lossy(&input));
+            assert_eq!(
+                WebhookEvent::parse(&input),
+                Err(expected),
+                "{}",
+                String::from_utf8_lossy(&input)
+            );
         }
     }
 
     #[test]
     fn query_and_fragment_do_not_hide_the_id() {
         let uri = format!("https://x.test/referrals/{ID}?evil=1#frag");
-        assert!(matches!(WebhookEvent::parse(&body("referral-updated", &uri)), Ok(WebhookEvent::Referral { .. })));
+        assert!(matches!(
+            WebhookEvent::parse(&body("referral-updated", &uri)),
+            Ok(WebhookEvent::Referral { .. })
+        ));
     }
 }

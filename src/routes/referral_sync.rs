@@ -20,15 +20,26 @@ pub struct SyncAnswer {
 
 /// Handles one invocation envelope. `syncer` is `Err` with the reason when the sync is not
 /// configured; `max_dequeue_count` is host.json's `maxDequeueCount`.
-pub async fn handle(syncer: Result<&Syncer, &str>, max_dequeue_count: u32, envelope: &[u8]) -> SyncAnswer {
-    let request: InvokeRequest<QueueData, QueueTriggerMetadata> = match serde_json::from_slice(envelope) {
-        Ok(request) => request,
-        Err(e) => {
-            let raw = String::from_utf8_lossy(envelope).chars().take(4096).collect::<String>();
-            return give_up(&raw, &format!("malformed invocation envelope: {e}"));
-        }
-    };
-    let dequeue_count = request.metadata.as_ref().map_or(1, |m| m.dequeue_count.max(1));
+pub async fn handle(
+    syncer: Result<&Syncer, &str>,
+    max_dequeue_count: u32,
+    envelope: &[u8],
+) -> SyncAnswer {
+    let request: InvokeRequest<QueueData, QueueTriggerMetadata> =
+        match serde_json::from_slice(envelope) {
+            Ok(request) => request,
+            Err(e) => {
+                let raw = String::from_utf8_lossy(envelope)
+                    .chars()
+                    .take(4096)
+                    .collect::<String>();
+                return give_up(&raw, &format!("malformed invocation envelope: {e}"));
+            }
+        };
+    let dequeue_count = request
+        .metadata
+        .as_ref()
+        .map_or(1, |m| m.dequeue_count.max(1));
     tracing::Span::current().record("dequeue_count", dequeue_count);
     let text = request.data.msg;
     let result = match SyncMessage::parse(&text) {
@@ -55,7 +66,8 @@ pub async fn handle(syncer: Result<&Syncer, &str>, max_dequeue_count: u32, envel
                 tracing::warn!(dequeue_count, error = %reason, "transient failure; the host will retry the message");
                 SyncAnswer {
                     success: false,
-                    response: InvokeResponse::default().log(format!("retry later (attempt {dequeue_count}): {reason}")),
+                    response: InvokeResponse::default()
+                        .log(format!("retry later (attempt {dequeue_count}): {reason}")),
                 }
             }
             Disposition::RetryLater(reason) => give_up(
@@ -78,7 +90,10 @@ pub fn poison_entry(original: &str, reason: &str, now: OffsetDateTime) -> Value 
         }
     };
     entry.insert("error".into(), Value::from(reason));
-    entry.insert("failedAt".into(), json!(now.format(&Rfc3339).unwrap_or_default()));
+    entry.insert(
+        "failedAt".into(),
+        json!(now.format(&Rfc3339).unwrap_or_default()),
+    );
     Value::Object(entry)
 }
 
@@ -87,7 +102,10 @@ fn give_up(original: &str, reason: &str) -> SyncAnswer {
     SyncAnswer {
         success: true,
         response: InvokeResponse::default()
-            .output("poison", poison_entry(original, reason, OffsetDateTime::now_utc()))
+            .output(
+                "poison",
+                poison_entry(original, reason, OffsetDateTime::now_utc()),
+            )
             .log(format!("moved to poison: {reason}")),
     }
 }
@@ -99,7 +117,11 @@ mod tests {
     #[test]
     fn poison_keeps_the_message_fields_and_adds_the_reason() {
         let now = OffsetDateTime::from_unix_timestamp(0).unwrap();
-        let entry = poison_entry(r#"{"referralId":"x","eventName":"referral-created"}"#, "bad", now);
+        let entry = poison_entry(
+            r#"{"referralId":"x","eventName":"referral-created"}"#,
+            "bad",
+            now,
+        );
         assert_eq!(
             entry,
             json!({"referralId": "x", "eventName": "referral-created", "error": "bad", "failedAt": "1970-01-01T00:00:00Z"})
@@ -115,7 +137,12 @@ mod tests {
         assert!(answer.success);
         let poison = &answer.response.outputs["poison"];
         assert_eq!(poison["referralId"], "nope");
-        assert!(poison["error"].as_str().unwrap().starts_with("malformed message"));
+        assert!(
+            poison["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("malformed message")
+        );
     }
 
     #[tokio::test]
@@ -130,13 +157,21 @@ mod tests {
         assert!(first.response.outputs.is_empty());
         let last = handle(Err("DATAVERSE_URL is not set"), 5, envelope(5).as_bytes()).await;
         assert!(last.success);
-        assert!(last.response.outputs["poison"]["error"].as_str().unwrap().contains("gave up after 5 attempts"));
+        assert!(
+            last.response.outputs["poison"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("gave up after 5 attempts")
+        );
     }
 
     #[tokio::test]
     async fn a_broken_envelope_is_not_lost() {
         let answer = handle(Err("unused"), 5, b"{not json").await;
         assert!(answer.success);
-        assert_eq!(answer.response.outputs["poison"]["originalMessage"], "{not json");
+        assert_eq!(
+            answer.response.outputs["poison"]["originalMessage"],
+            "{not json"
+        );
     }
 }

@@ -68,15 +68,23 @@ impl WebhookError {
 }
 
 /// Authenticates and interprets one invocation envelope.
-pub async fn process(certs: &CertSource, envelope: &[u8], now: OffsetDateTime) -> Result<Accepted, WebhookError> {
+pub async fn process(
+    certs: &CertSource,
+    envelope: &[u8],
+    now: OffsetDateTime,
+) -> Result<Accepted, WebhookError> {
     let request: InvokeRequest<WebhookData> =
         serde_json::from_slice(envelope).map_err(|e| WebhookError::Envelope(e.to_string()))?;
     let req = request.data.req;
     let body = req
         .body_bytes()
         .map_err(|e| WebhookError::Envelope(e.to_string()))?;
-    let verified = webhook_auth::authenticate(certs, &req.headers, &body, now.unix_timestamp()).await?;
-    tracing::debug!(certificate.subject = verified.certificate_subject(), "signature verified");
+    let verified =
+        webhook_auth::authenticate(certs, &req.headers, &body, now.unix_timestamp()).await?;
+    tracing::debug!(
+        certificate.subject = verified.certificate_subject(),
+        "signature verified"
+    );
     match WebhookEvent::parse(verified.body())? {
         WebhookEvent::Referral {
             name,
@@ -103,26 +111,48 @@ pub fn respond(outcome: &Result<Accepted, WebhookError>) -> InvokeResponse {
             InvokeResponse::default()
                 .output(
                     "res",
-                    HttpResponseOutput::json(200, &json!({"status": "queued", "referralId": message.referral_id})),
+                    HttpResponseOutput::json(
+                        200,
+                        &json!({"status": "queued", "referralId": message.referral_id}),
+                    ),
                 )
-                .output("syncQueue", serde_json::to_value(message).unwrap_or(Value::Null))
-                .log(format!("queued referral {} ({})", message.referral_id, message.event_name))
+                .output(
+                    "syncQueue",
+                    serde_json::to_value(message).unwrap_or(Value::Null),
+                )
+                .log(format!(
+                    "queued referral {} ({})",
+                    message.referral_id, message.event_name
+                ))
         }
         Ok(Accepted::Ignored(event)) => {
             tracing::info!(event = %event, "callback authenticated; event ignored");
             InvokeResponse::default()
-                .output("res", HttpResponseOutput::json(200, &json!({"status": "ignored", "event": event})))
+                .output(
+                    "res",
+                    HttpResponseOutput::json(200, &json!({"status": "ignored", "event": event})),
+                )
                 .log(format!("ignored event {event}"))
         }
         Err(error) => {
             tracing::warn!(status = error.status(), error = %error, "callback refused");
             InvokeResponse::default()
-                .output("res", HttpResponseOutput::json(error.status(), &error.public_body()))
-                .log(format!("refused callback ({}): {}", error.status(), public_reason(error)))
+                .output(
+                    "res",
+                    HttpResponseOutput::json(error.status(), &error.public_body()),
+                )
+                .log(format!(
+                    "refused callback ({}): {}",
+                    error.status(),
+                    public_reason(error)
+                ))
         }
     }
 }
 
 fn public_reason(error: &WebhookError) -> String {
-    error.public_body()["reason"].as_str().unwrap_or_default().to_owned()
+    error.public_body()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }

@@ -129,7 +129,11 @@ impl CertSource {
     }
 
     /// The verified certificate at `url`, from the cache when it is still valid at `now`.
-    pub async fn trusted(&self, url: &CertificateUrl, now: i64) -> Result<Arc<TrustedCert>, WebhookAuthError> {
+    pub async fn trusted(
+        &self,
+        url: &CertificateUrl,
+        now: i64,
+    ) -> Result<Arc<TrustedCert>, WebhookAuthError> {
         let slot = {
             let mut leaves = self.leaves.lock().unwrap_or_else(|p| p.into_inner());
             leaves.entry(url.as_str().to_owned()).or_default().clone()
@@ -157,7 +161,11 @@ impl CertSource {
         }
     }
 
-    async fn load(&self, url: &CertificateUrl, now: i64) -> Result<Arc<TrustedCert>, WebhookAuthError> {
+    async fn load(
+        &self,
+        url: &CertificateUrl,
+        now: i64,
+    ) -> Result<Arc<TrustedCert>, WebhookAuthError> {
         let anchors = self.anchors().await?;
         let bytes = self.download(url.url()).await?;
         let mut certs = verify::parse_certificates(&bytes)?;
@@ -178,7 +186,9 @@ impl CertSource {
                 }
                 ChainCheck::MissingIssuer(cert) => {
                     if tried.len() >= MAX_ISSUER_FETCHES {
-                        return Err(WebhookAuthError::UntrustedChain("the chain is too long".into()));
+                        return Err(WebhookAuthError::UntrustedChain(
+                            "the chain is too long".into(),
+                        ));
                     }
                     let next = ca_issuer_urls(&cert)
                         .into_iter()
@@ -197,16 +207,29 @@ impl CertSource {
     }
 
     async fn issuer(&self, url: &str) -> Result<Vec<X509>, WebhookAuthError> {
-        if let Some(certs) = self.issuers.lock().unwrap_or_else(|p| p.into_inner()).get(url) {
+        if let Some(certs) = self
+            .issuers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(url)
+        {
             return Ok(certs.clone());
         }
-        let parsed = url::Url::parse(url).map_err(|_| WebhookAuthError::UntrustedChain("bad caIssuers URL".into()))?;
+        let parsed = url::Url::parse(url)
+            .map_err(|_| WebhookAuthError::UntrustedChain("bad caIssuers URL".into()))?;
         if !matches!(parsed.scheme(), "http" | "https") || !parsed.username().is_empty() {
-            return Err(WebhookAuthError::UntrustedChain("caIssuers URL is not http(s)".into()));
+            return Err(WebhookAuthError::UntrustedChain(
+                "caIssuers URL is not http(s)".into(),
+            ));
         }
-        let bytes = self.download(&parsed).await?;
-        let certs = verify::parse_certificates(&bytes)
-            .map_err(|_| WebhookAuthError::UntrustedChain("the caIssuers download is not a certificate".into()))?;
+        let bytes = self.download(&parsed).await.map_err(|e| {
+            WebhookAuthError::UntrustedChain(format!(
+                "the issuer could not be fetched from caIssuers: {e}"
+            ))
+        })?;
+        let certs = verify::parse_certificates(&bytes).map_err(|_| {
+            WebhookAuthError::UntrustedChain("the caIssuers download is not a certificate".into())
+        })?;
         let mut issuers = self.issuers.lock().unwrap_or_else(|p| p.into_inner());
         if issuers.len() >= MAX_CACHED_ISSUERS {
             issuers.clear();
@@ -216,16 +239,22 @@ impl CertSource {
     }
 
     async fn download(&self, url: &url::Url) -> Result<Vec<u8>, WebhookAuthError> {
-        let fetch = |e: reqwest::Error| WebhookAuthError::CertificateFetch(crate::http::describe(&e));
+        let fetch =
+            |e: reqwest::Error| WebhookAuthError::CertificateFetch(crate::http::describe(&e));
         let mut response = self.client.get(url.clone()).send().await.map_err(fetch)?;
         let status = response.status();
         if status.is_redirection() {
-            return Err(WebhookAuthError::CertificateFetch(format!("redirect ({status}) refused")));
+            return Err(WebhookAuthError::CertificateFetch(format!(
+                "redirect ({status}) refused"
+            )));
         }
         if !status.is_success() {
             return Err(WebhookAuthError::CertificateFetch(format!("HTTP {status}")));
         }
-        if response.content_length().is_some_and(|n| n > self.max_bytes as u64) {
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes as u64)
+        {
             return Err(WebhookAuthError::CertificateTooLarge);
         }
         let mut body = Vec::new();

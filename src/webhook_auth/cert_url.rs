@@ -97,7 +97,10 @@ mod tests {
 
     #[test]
     fn the_published_url_is_accepted() {
-        for name in ["pcnotifications-dispatch.microsoft.com.cer", "pcnotifications.microsoft.com.cer"] {
+        for name in [
+            "pcnotifications-dispatch.microsoft.com.cer",
+            "pcnotifications.microsoft.com.cer",
+        ] {
             let url = format!("{DEFAULT_CERT_URL_PREFIX}{name}");
             assert_eq!(parse(&url).unwrap().as_str(), url);
         }
@@ -107,19 +110,55 @@ mod tests {
     fn one_rejection_per_rule() {
         let cases = [
             ("not a url", CertUrlError::NotAUrl),
-            ("http://3psostorageacct.blob.core.windows.net/cert/a.cer", CertUrlError::NotHttps),
-            ("https://user:pw@3psostorageacct.blob.core.windows.net/cert/a.cer", CertUrlError::UserInfo),
-            ("https://3psostorageacct.blob.core.windows.net/cert/a.cer?x=1", CertUrlError::Query),
-            ("https://3psostorageacct.blob.core.windows.net/cert/a.cer#f", CertUrlError::Fragment),
-            ("https://3psostorageacct.blob.core.windows.net/cert/../evil/a.cer", CertUrlError::NotCanonical),
-            ("https://3psostorageacct.blob.core.windows.net/cert/%2e%2e/a.cer", CertUrlError::NotCanonical),
-            ("https://3PSOSTORAGEACCT.blob.core.windows.net/cert/a.cer", CertUrlError::NotCanonical),
-            ("https://3psostorageacct.blob.core.windows.net.evil.test/cert/a.cer", CertUrlError::NotAllowed),
-            ("https://3psostorageacct.blob.core.windows.net:8443/cert/a.cer", CertUrlError::NotAllowed),
+            (
+                "http://3psostorageacct.blob.core.windows.net/cert/a.cer",
+                CertUrlError::NotHttps,
+            ),
+            (
+                "https://user:pw@3psostorageacct.blob.core.windows.net/cert/a.cer",
+                CertUrlError::UserInfo,
+            ),
+            (
+                "https://3psostorageacct.blob.core.windows.net/cert/a.cer?x=1",
+                CertUrlError::Query,
+            ),
+            (
+                "https://3psostorageacct.blob.core.windows.net/cert/a.cer#f",
+                CertUrlError::Fragment,
+            ),
+            (
+                "https://3psostorageacct.blob.core.windows.net/cert/../evil/a.cer",
+                CertUrlError::NotCanonical,
+            ),
+            (
+                "https://3psostorageacct.blob.core.windows.net/cert/%2e%2e/a.cer",
+                CertUrlError::NotCanonical,
+            ),
+            (
+                "https://3PSOSTORAGEACCT.blob.core.windows.net/cert/a.cer",
+                CertUrlError::NotCanonical,
+            ),
+            (
+                "https://3psostorageacct.blob.core.windows.net.evil.test/cert/a.cer",
+                CertUrlError::NotAllowed,
+            ),
+            (
+                "https://3psostorageacct.blob.core.windows.net:8443/cert/a.cer",
+                CertUrlError::NotAllowed,
+            ),
             ("https://evil.test/cert/a.cer", CertUrlError::NotAllowed),
-            ("https://3psostorageacct.blob.core.windows.net/certs/a.cer", CertUrlError::NotAllowed),
-            ("https://3psostorageacct.blob.core.windows.net/cert/", CertUrlError::BadFileName),
-            ("https://3psostorageacct.blob.core.windows.net/cert/sub/a.cer", CertUrlError::BadFileName),
+            (
+                "https://3psostorageacct.blob.core.windows.net/certs/a.cer",
+                CertUrlError::NotAllowed,
+            ),
+            (
+                "https://3psostorageacct.blob.core.windows.net/cert/",
+                CertUrlError::BadFileName,
+            ),
+            (
+                "https://3psostorageacct.blob.core.windows.net/cert/sub/a.cer",
+                CertUrlError::BadFileName,
+            ),
         ];
         for (raw, expected) in cases {
             assert_eq!(parse(raw), Err(expected), "{raw}");

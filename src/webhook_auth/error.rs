@@ -85,9 +85,10 @@ impl WebhookAuthError {
             Self::CertificateFetch(_) | Self::CertificateTooLarge | Self::NotACertificate => {
                 "certificate unavailable"
             }
-            Self::UntrustedChain(_) | Self::OutsideValidity | Self::WrongOrganization | Self::WeakKey => {
-                "certificate not trusted"
-            }
+            Self::UntrustedChain(_)
+            | Self::OutsideValidity
+            | Self::WrongOrganization
+            | Self::WeakKey => "certificate not trusted",
             Self::BadSignature | Self::Crypto(_) => "signature does not verify",
         }
     }

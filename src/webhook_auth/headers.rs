@@ -16,7 +16,10 @@ pub struct SignatureHeaders {
 
 impl SignatureHeaders {
     /// Checks presence of each header, the algorithm, the signature encoding and the URL.
-    pub fn parse(headers: &HttpHeaders, allowed_prefixes: &[String]) -> Result<Self, WebhookAuthError> {
+    pub fn parse(
+        headers: &HttpHeaders,
+        allowed_prefixes: &[String],
+    ) -> Result<Self, WebhookAuthError> {
         let single = |name: &'static str| {
             headers
                 .single(name)
@@ -72,7 +75,8 @@ mod tests {
     const URL: &str = "https://3psostorageacct.blob.core.windows.net/cert/pcnotifications-dispatch.microsoft.com.cer";
 
     fn parse(pairs: &[(&str, &str)]) -> Result<SignatureHeaders, WebhookAuthError> {
-        let headers = HttpHeaders::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let headers =
+            HttpHeaders::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         SignatureHeaders::parse(&headers, &[DEFAULT_CERT_URL_PREFIX.to_owned()])
     }
 
@@ -83,9 +87,15 @@ mod tests {
             vec![("x-ms-signature", "Signature AQID")],
             vec![("X-MS-SIGNATURE", "AQID")],
             vec![("Authorization", "Bearer abc"), ("x-ms-signature", "AQID")],
-            vec![("authorization", "signature AQID"), ("x-ms-signature", "AQID")],
+            vec![
+                ("authorization", "signature AQID"),
+                ("x-ms-signature", "AQID"),
+            ],
         ] {
-            let mut all = vec![("X-MS-Certificate-Url", URL), ("X-MS-Signature-Algorithm", "RSA-SHA256")];
+            let mut all = vec![
+                ("X-MS-Certificate-Url", URL),
+                ("X-MS-Signature-Algorithm", "RSA-SHA256"),
+            ];
             all.extend(pairs.iter().copied());
             let parsed = parse(&all).unwrap_or_else(|e| panic!("{pairs:?}: {e}"));
             assert_eq!(parsed.signature, vec![1, 2, 3]);
@@ -101,13 +111,34 @@ mod tests {
             (vec![alg, sig], WebhookAuthError::MissingCertificateUrl),
             (vec![url, sig], WebhookAuthError::MissingAlgorithm),
             (vec![url, alg], WebhookAuthError::MissingSignature),
-            (vec![url, alg, ("Authorization", "Bearer AQID")], WebhookAuthError::MissingSignature),
-            (vec![url, alg, ("Authorization", "AQID")], WebhookAuthError::MissingSignature),
-            (vec![url, ("x-ms-signature-algorithm", "rsa-sha1"), sig], WebhookAuthError::UnsupportedAlgorithm),
-            (vec![url, ("x-ms-signature-algorithm", "hmac-sha256"), sig], WebhookAuthError::UnsupportedAlgorithm),
-            (vec![url, alg, ("Authorization", "Signature not*base64")], WebhookAuthError::SignatureNotBase64),
-            (vec![url, alg, sig, ("x-ms-signature", "AQIE")], WebhookAuthError::ConflictingSignatures),
-            (vec![url, url, alg, sig], WebhookAuthError::DuplicateHeader("x-ms-certificate-url")),
+            (
+                vec![url, alg, ("Authorization", "Bearer AQID")],
+                WebhookAuthError::MissingSignature,
+            ),
+            (
+                vec![url, alg, ("Authorization", "AQID")],
+                WebhookAuthError::MissingSignature,
+            ),
+            (
+                vec![url, ("x-ms-signature-algorithm", "rsa-sha1"), sig],
+                WebhookAuthError::UnsupportedAlgorithm,
+            ),
+            (
+                vec![url, ("x-ms-signature-algorithm", "hmac-sha256"), sig],
+                WebhookAuthError::UnsupportedAlgorithm,
+            ),
+            (
+                vec![url, alg, ("Authorization", "Signature not*base64")],
+                WebhookAuthError::SignatureNotBase64,
+            ),
+            (
+                vec![url, alg, sig, ("x-ms-signature", "AQIE")],
+                WebhookAuthError::ConflictingSignatures,
+            ),
+            (
+                vec![url, url, alg, sig],
+                WebhookAuthError::DuplicateHeader("x-ms-certificate-url"),
+            ),
         ];
         for (pairs, expected) in cases {
             assert_eq!(parse(&pairs).unwrap_err(), expected, "{pairs:?}");

@@ -53,7 +53,9 @@ impl TrustAnchors {
         }
         for dir in &probe.cert_dir {
             if let Some(dir) = dir.to_str() {
-                builder.add_lookup(X509Lookup::hash_dir())?.add_dir(dir, SslFiletype::PEM)?;
+                builder
+                    .add_lookup(X509Lookup::hash_dir())?
+                    .add_dir(dir, SslFiletype::PEM)?;
                 found = true;
             }
         }
@@ -141,7 +143,8 @@ pub fn verify_chain(
             return Ok(Attempt::Verified(chain));
         }
         let code = ctx.error().as_raw();
-        let missing = code == ERR_UNABLE_TO_GET_ISSUER_CERT || code == ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY;
+        let missing =
+            code == ERR_UNABLE_TO_GET_ISSUER_CERT || code == ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY;
         Ok(match ctx.current_cert() {
             Some(cert) if missing => Attempt::MissingIssuer(cert.to_owned()),
             _ => Attempt::Failed(ctx.error().error_string().to_owned()),
@@ -196,7 +199,11 @@ pub fn subject_line(cert: &X509Ref) -> String {
 }
 
 /// RSASSA-PKCS1-v1_5 with SHA-256 over the exact `body` bytes.
-pub fn verify_signature(key: &PKeyRef<Public>, body: &[u8], signature: &[u8]) -> Result<(), WebhookAuthError> {
+pub fn verify_signature(
+    key: &PKeyRef<Public>,
+    body: &[u8],
+    signature: &[u8],
+) -> Result<(), WebhookAuthError> {
     if key.id() != Id::RSA || key.bits() < 2048 {
         return Err(WebhookAuthError::WeakKey);
     }

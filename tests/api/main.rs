@@ -1,0 +1,6 @@
+//! Integration tests: the handler against local fakes of every external system.
+
+mod helpers;
+mod host_contract;
+mod schemas;
+mod webhook;
