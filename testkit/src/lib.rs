@@ -3,6 +3,7 @@
 //! generated at run time (no private key is ever committed).
 
 pub mod cert_host;
+pub mod cert_world;
 pub mod fakes;
 pub mod pki;
 pub mod tls;

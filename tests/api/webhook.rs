@@ -6,7 +6,9 @@ use testkit::{
     pki::{self, CertSpec, KeySlot},
 };
 
-use crate::helpers::{CertWorld, REFERRAL_ID, TestApp, callback_body, http_envelope};
+use crate::helpers::{
+    CertWorld, REFERRAL_ID, TestApp, callback_body, http_envelope, webhook_settings,
+};
 
 struct World {
     certs: CertWorld,
@@ -15,7 +17,7 @@ struct World {
 
 async fn world() -> World {
     let certs = CertWorld::start().await;
-    let mut settings = certs.settings();
+    let mut settings = webhook_settings(&certs);
     settings.webhook.fetch_timeout = std::time::Duration::from_millis(800);
     let app = TestApp::spawn(&settings).await;
     World { certs, app }

@@ -72,7 +72,10 @@ impl Recorded {
 
     /// First value of form field `name` in a form-encoded body.
     pub fn form_value(&self, name: &str) -> Option<String> {
-        self.form().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        self.form()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
     }
 
     /// Decoded query pairs (`%24top` and `$top` both come out as `$top`).
@@ -291,6 +294,13 @@ impl Reply {
         }
     }
 
+    /// Drops the body (and its content type), keeping status and other headers.
+    pub fn without_body(mut self) -> Self {
+        self.body.clear();
+        self.headers.retain(|(k, _)| k != "content-type");
+        self
+    }
+
     /// Adds a header.
     pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
         self.headers.push((name.to_owned(), value.into()));
@@ -375,30 +385,30 @@ impl Shared {
             }
         }
         let mut random = lock(&self.random);
-        if let Some((cfg, rng)) = random.as_mut() {
-            if rng.next_f64() < cfg.rate {
-                self.injected.fetch_add(1, Ordering::SeqCst);
-                return match rng.next_u64() % 4 {
-                    0 => (
-                        None,
-                        Outcome::Status {
-                            status: 429,
-                            retry_after: Some(cfg.retry_after_secs),
-                            body: None,
-                        },
-                    ),
-                    1 => (
-                        None,
-                        Outcome::Status {
-                            status: 503,
-                            retry_after: None,
-                            body: None,
-                        },
-                    ),
-                    2 => (Some(cfg.timeout_delay), Outcome::Normal),
-                    _ => (None, Outcome::Reset),
-                };
-            }
+        if let Some((cfg, rng)) = random.as_mut()
+            && rng.next_f64() < cfg.rate
+        {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return match rng.next_u64() % 4 {
+                0 => (
+                    None,
+                    Outcome::Status {
+                        status: 429,
+                        retry_after: Some(cfg.retry_after_secs),
+                        body: None,
+                    },
+                ),
+                1 => (
+                    None,
+                    Outcome::Status {
+                        status: 503,
+                        retry_after: None,
+                        body: None,
+                    },
+                ),
+                2 => (Some(cfg.timeout_delay), Outcome::Normal),
+                _ => (None, Outcome::Reset),
+            };
         }
         (None, Outcome::Normal)
     }

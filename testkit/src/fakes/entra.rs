@@ -135,7 +135,9 @@ impl FakeEntra {
 
     /// Adds `token` to the valid refresh tokens.
     pub fn add_refresh_token(&self, token: &str) -> &Self {
-        lock(&self.state).valid_refresh_tokens.push(token.to_owned());
+        lock(&self.state)
+            .valid_refresh_tokens
+            .push(token.to_owned());
         self
     }
 
@@ -264,7 +266,11 @@ fn client_credentials(
     let basic = req
         .header("authorization")
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.split_once(':').map(|(a, b)| (a.to_owned(), b.to_owned())));
     let id = form
@@ -279,11 +285,7 @@ fn client_credentials(
 }
 
 /// Checks the Partner Center client; `Err` is the reply to send.
-fn check_pc_client(
-    s: &State,
-    req: &Recorded,
-    form: &HashMap<String, String>,
-) -> Result<(), Reply> {
+fn check_pc_client(s: &State, req: &Recorded, form: &HashMap<String, String>) -> Result<(), Reply> {
     let (id, secret) = client_credentials(req, form);
     if id.as_deref() != Some(s.client_id.as_str()) {
         return Err(error(

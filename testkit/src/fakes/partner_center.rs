@@ -1,0 +1,685 @@
+//! Fake Partner Center: the referrals API (`/v1.0/engagements/referrals`: get, JSON-Patch update
+//! with `If-Match`, OData list with paging) and the webhook registration API
+//! (`/webhooks/v1/registration` plus validation events) on one server.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::Deref,
+    sync::{Arc, Mutex},
+};
+
+use serde_json::{Map, Value, json};
+
+use super::common::{FakeServer, Recorded, Reply, lock, now_rfc3339, parse_rfc3339};
+
+const REFERRALS: &str = "/v1.0/engagements/referrals";
+const REGISTRATION: &str = "/webhooks/v1/registration";
+const MAX_PAGE: usize = 100;
+
+#[derive(Debug)]
+struct Stored {
+    seq: u64,
+    doc: Value,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    referrals: BTreeMap<String, Stored>,
+    seq: u64,
+    etag: u64,
+    patches: Vec<(String, Value)>,
+    patch_counts: HashMap<String, usize>,
+    next_link_base: Option<String>,
+    registration: Option<Value>,
+    validation_events: HashMap<String, Value>,
+}
+
+impl State {
+    fn next_etag(&mut self) -> String {
+        self.etag += 1;
+        format!("\"{}\"", self.etag)
+    }
+
+    /// Bumps the eTag of `id` and, unless `touch` is false, its `updatedDateTime`.
+    fn bump(&mut self, id: &str, touch: bool) -> Value {
+        let etag = self.next_etag();
+        let stored = self.referrals.get_mut(id).expect("bump: referral exists");
+        let obj = stored
+            .doc
+            .as_object_mut()
+            .expect("stored referral is an object");
+        obj.insert("eTag".into(), Value::String(etag));
+        if touch {
+            obj.insert("updatedDateTime".into(), Value::String(now_rfc3339()));
+        }
+        stored.doc.clone()
+    }
+}
+
+/// Fake Partner Center referrals + webhook registration API. Every request needs
+/// `Authorization: Bearer <non-empty>`.
+#[derive(Debug)]
+pub struct FakePartnerCenter {
+    server: FakeServer,
+    state: Arc<Mutex<State>>,
+}
+
+impl Deref for FakePartnerCenter {
+    type Target = FakeServer;
+    fn deref(&self) -> &FakeServer {
+        &self.server
+    }
+}
+
+impl FakePartnerCenter {
+    /// Starts the fake over plain HTTP on 127.0.0.1.
+    pub async fn start() -> Self {
+        Self::start_inner(None).await
+    }
+
+    /// Starts the fake over HTTPS with `acceptor`; `base_url` is `https://{host}:{port}`.
+    pub async fn start_tls(acceptor: tokio_native_tls::TlsAcceptor, host: &str) -> Self {
+        Self::start_inner(Some((acceptor, host.to_owned()))).await
+    }
+
+    async fn start_inner(tls: Option<(tokio_native_tls::TlsAcceptor, String)>) -> Self {
+        let state = Arc::new(Mutex::new(State::default()));
+        let handler_state = state.clone();
+        let server = FakeServer::start(
+            Box::new(move |req, base| handle(&handler_state, req, base)),
+            fault_body,
+            tls,
+        )
+        .await;
+        Self { server, state }
+    }
+
+    /// Stores (or replaces) a referral. It must be an object with a string `"id"`; the fake sets
+    /// `eTag` to a fresh quoted counter and `updatedDateTime` to now if missing. Returns the eTag.
+    pub fn insert_referral(&self, referral: Value) -> String {
+        let id = referral
+            .get("id")
+            .and_then(Value::as_str)
+            .expect("insert_referral: referral needs a string \"id\"")
+            .to_owned();
+        let mut doc = referral;
+        let obj = doc
+            .as_object_mut()
+            .expect("insert_referral: referral must be a JSON object");
+        obj.entry("updatedDateTime")
+            .or_insert_with(|| Value::String(now_rfc3339()));
+        let mut s = lock(&self.state);
+        let etag = s.next_etag();
+        obj.insert("eTag".into(), Value::String(etag.clone()));
+        s.seq += 1;
+        let seq = s.referrals.get(&id).map_or(s.seq, |r| r.seq);
+        s.referrals.insert(id, Stored { seq, doc });
+        etag
+    }
+
+    /// The stored referral `id`.
+    pub fn referral(&self, id: &str) -> Option<Value> {
+        lock(&self.state).referrals.get(id).map(|r| r.doc.clone())
+    }
+
+    /// Ids of all referrals in insertion order.
+    pub fn referral_ids(&self) -> Vec<String> {
+        let s = lock(&self.state);
+        let mut ids: Vec<(u64, String)> = s
+            .referrals
+            .iter()
+            .map(|(id, r)| (r.seq, id.clone()))
+            .collect();
+        ids.sort();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Simulates an edit by someone else: sets `pointer` (e.g. `/status`, creating missing
+    /// object members) to `value`, bumps the eTag and `updatedDateTime` (unless the pointer is
+    /// `/updatedDateTime` itself). Panics if the referral does not exist.
+    pub fn set_referral_field(&self, id: &str, pointer: &str, value: Value) {
+        let mut s = lock(&self.state);
+        let stored = s
+            .referrals
+            .get_mut(id)
+            .unwrap_or_else(|| panic!("set_referral_field: no referral {id}"));
+        set_pointer(&mut stored.doc, pointer, value)
+            .unwrap_or_else(|e| panic!("set_referral_field: {e}"));
+        s.bump(id, pointer != "/updatedDateTime");
+    }
+
+    /// Number of successful PATCHes of referral `id`.
+    pub fn patch_count(&self, id: &str) -> usize {
+        lock(&self.state).patch_counts.get(id).copied().unwrap_or(0)
+    }
+
+    /// The JSON Patch documents successfully applied to referral `id`, in order.
+    pub fn patches(&self, id: &str) -> Vec<Value> {
+        lock(&self.state)
+            .patches
+            .iter()
+            .filter(|(pid, _)| pid == id)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    /// Makes `@odata.nextLink` start with `base` instead of this server's base URL.
+    pub fn set_next_link_base(&self, base: Option<&str>) {
+        lock(&self.state).next_link_base = base.map(|b| b.trim_end_matches('/').to_owned());
+    }
+
+    /// Replaces the webhook registration (stored as given).
+    pub fn set_registration(&self, registration: Option<Value>) {
+        lock(&self.state).registration = registration;
+    }
+
+    /// The current webhook registration.
+    pub fn registration(&self) -> Option<Value> {
+        lock(&self.state).registration.clone()
+    }
+
+    /// Correlation ids of the validation events created so far.
+    pub fn validation_event_ids(&self) -> Vec<String> {
+        lock(&self.state)
+            .validation_events
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
+fn pc_error(status: u16, code: &str, description: &str) -> Reply {
+    Reply::json(status, &json!({ "code": code, "description": description }))
+}
+
+fn fault_body(status: u16, retry_after: Option<u64>) -> String {
+    if status == 429 {
+        let secs = retry_after.unwrap_or(1);
+        json!({
+            "statusCode": 429,
+            "message": format!("Rate limit is exceeded. Try again in {secs} seconds."),
+        })
+        .to_string()
+    } else {
+        json!({
+            "code": "InjectedFault",
+            "description": format!("Injected fault (HTTP {status})"),
+        })
+        .to_string()
+    }
+}
+
+fn handle(state: &Mutex<State>, req: &Recorded, base: &str) -> Reply {
+    if req.bearer().is_none() {
+        return pc_error(401, "Unauthorized", "Bearer token required.")
+            .header("www-authenticate", "Bearer");
+    }
+    let path = req.decoded_path();
+    let path = path.trim_end_matches('/');
+    let mut s = lock(state);
+    let method = req.method.as_str();
+    if path == REFERRALS {
+        return match method {
+            "GET" => list(&s, req, base),
+            _ => pc_error(405, "MethodNotAllowed", "Method not allowed."),
+        };
+    }
+    if let Some(id) = path
+        .strip_prefix(REFERRALS)
+        .and_then(|p| p.strip_prefix('/'))
+    {
+        if id.is_empty() || id.contains('/') {
+            return pc_error(404, "NotFound", "Resource not found");
+        }
+        return match method {
+            "GET" => get_referral(&s, id),
+            "PATCH" => patch_referral(&mut s, req, id),
+            _ => pc_error(405, "MethodNotAllowed", "Method not allowed."),
+        };
+    }
+    if path == REGISTRATION {
+        return match method {
+            "GET" => match &s.registration {
+                Some(r) => Reply::json(200, r),
+                None => pc_error(404, "NotFound", "Registration not found."),
+            },
+            "POST" | "PUT" => put_registration(&mut s, req, method == "POST"),
+            _ => pc_error(405, "MethodNotAllowed", "Method not allowed."),
+        };
+    }
+    let events = format!("{REGISTRATION}/validationEvents");
+    if path == events && method == "POST" {
+        return create_validation_event(&mut s);
+    }
+    if let Some(id) = path.strip_prefix(&events).and_then(|p| p.strip_prefix('/'))
+        && method == "GET"
+    {
+        return match s.validation_events.get(id) {
+            Some(e) => Reply::json(200, e),
+            None => pc_error(404, "NotFound", "Validation event not found."),
+        };
+    }
+    pc_error(404, "NotFound", "Resource not found")
+}
+
+fn referral_reply(status: u16, doc: &Value) -> Reply {
+    let etag = doc
+        .get("eTag")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    Reply::json(status, doc)
+        .header("etag", etag)
+        .header("request-id", uuid::Uuid::new_v4().to_string())
+}
+
+fn get_referral(s: &State, id: &str) -> Reply {
+    match s.referrals.get(id) {
+        Some(r) => referral_reply(200, &r.doc),
+        None => pc_error(404, "NotFound", "Referral not found"),
+    }
+}
+
+/// Strips weak markers and quotes so `"3"`, `3` and `W/"3"` compare equal.
+fn bare_etag(tag: &str) -> &str {
+    let tag = tag.trim();
+    tag.strip_prefix("W/").unwrap_or(tag).trim_matches('"')
+}
+
+fn patch_referral(s: &mut State, req: &Recorded, id: &str) -> Reply {
+    let Some(stored) = s.referrals.get(id) else {
+        return pc_error(404, "NotFound", "Referral not found");
+    };
+    if let Some(if_match) = req.header("if-match") {
+        let current = stored.doc.get("eTag").and_then(Value::as_str).unwrap_or("");
+        if if_match.trim() != "*" && bare_etag(if_match) != bare_etag(current) {
+            return pc_error(
+                412,
+                "PreconditionFailed",
+                "The eTag provided does not match the current version of the referral.",
+            );
+        }
+    }
+    let patch = req.json();
+    let Some(ops) = patch.as_array() else {
+        return pc_error(400, "BadRequest", "Body must be a JSON Patch array.");
+    };
+    let mut doc = stored.doc.clone();
+    for op in ops {
+        if let Err(e) = apply_op(&mut doc, op) {
+            return pc_error(400, "BadRequest", &e);
+        }
+    }
+    s.referrals.get_mut(id).expect("checked above").doc = doc;
+    let doc = s.bump(id, true);
+    s.patches.push((id.to_owned(), patch.clone()));
+    *s.patch_counts.entry(id.to_owned()).or_default() += 1;
+    let representation = req
+        .header("prefer")
+        .is_some_and(|p| p.contains("return=representation"));
+    if representation {
+        referral_reply(200, &doc)
+    } else {
+        referral_reply(204, &doc).without_body()
+    }
+}
+
+fn unescape(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
+}
+
+/// Applies one RFC 6902 `add`/`replace` operation.
+fn apply_op(doc: &mut Value, op: &Value) -> Result<(), String> {
+    let name = op.get("op").and_then(Value::as_str).unwrap_or("");
+    let path = op
+        .get("path")
+        .and_then(Value::as_str)
+        .ok_or("operation without a string \"path\"")?;
+    let value = op
+        .get("value")
+        .cloned()
+        .ok_or_else(|| format!("operation on {path} without \"value\""))?;
+    if !matches!(name, "add" | "replace") {
+        return Err(format!(
+            "Unsupported operation '{name}'; only add and replace are supported."
+        ));
+    }
+    let (parent_ptr, last) = path
+        .rsplit_once('/')
+        .ok_or_else(|| format!("invalid path '{path}'"))?;
+    let last = unescape(last);
+    let parent = doc
+        .pointer_mut(parent_ptr)
+        .ok_or_else(|| format!("path '{parent_ptr}' does not exist"))?;
+    match (parent, name) {
+        (Value::Object(map), "add") => {
+            map.insert(last, value);
+        }
+        (Value::Object(map), _) => match map.get_mut(&last) {
+            Some(slot) => *slot = value,
+            None => return Err(format!("path '{path}' does not exist")),
+        },
+        (Value::Array(items), "add") => {
+            if last == "-" {
+                items.push(value);
+            } else {
+                let i: usize = last.parse().map_err(|_| format!("bad index in '{path}'"))?;
+                if i > items.len() {
+                    return Err(format!("index out of range in '{path}'"));
+                }
+                items.insert(i, value);
+            }
+        }
+        (Value::Array(items), _) => {
+            let slot = last
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get_mut(i))
+                .ok_or_else(|| format!("path '{path}' does not exist"))?;
+            *slot = value;
+        }
+        _ => return Err(format!("parent of '{path}' is not a container")),
+    }
+    Ok(())
+}
+
+/// Sets `pointer` in `doc`, creating missing object members along the way.
+fn set_pointer(doc: &mut Value, pointer: &str, value: Value) -> Result<(), String> {
+    let tokens: Vec<String> = pointer
+        .strip_prefix('/')
+        .ok_or_else(|| format!("pointer '{pointer}' must start with '/'"))?
+        .split('/')
+        .map(unescape)
+        .collect();
+    let (last, parents) = tokens.split_last().expect("split yields one token");
+    let mut cur = doc;
+    for t in parents {
+        cur = match cur {
+            Value::Object(map) => map
+                .entry(t.clone())
+                .or_insert_with(|| Value::Object(Map::new())),
+            Value::Array(items) => t
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get_mut(i))
+                .ok_or_else(|| format!("no element '{t}' in '{pointer}'"))?,
+            _ => return Err(format!("'{t}' in '{pointer}' is not a container")),
+        };
+    }
+    match cur {
+        Value::Object(map) => {
+            map.insert(last.clone(), value);
+        }
+        Value::Array(items) => {
+            let slot = last
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get_mut(i))
+                .ok_or_else(|| format!("no element '{last}' in '{pointer}'"))?;
+            *slot = value;
+        }
+        _ => return Err(format!("parent of '{pointer}' is not a container")),
+    }
+    Ok(())
+}
+
+/// Parses `updatedDateTime ge X [and updatedDateTime le Y]` (also `gt`/`lt`, optional outer
+/// parentheses) into a predicate over nanoseconds since the epoch.
+fn parse_filter(filter: &str) -> Option<Vec<(String, i128)>> {
+    let f = filter.trim();
+    let f = f
+        .strip_prefix('(')
+        .and_then(|f| f.strip_suffix(')'))
+        .unwrap_or(f);
+    let tokens: Vec<&str> = f.split_whitespace().collect();
+    let clause = |t: &[&str]| -> Option<(String, i128)> {
+        match t {
+            [field, op, value]
+                if *field == "updatedDateTime" && matches!(*op, "ge" | "gt" | "le" | "lt") =>
+            {
+                Some(((*op).to_owned(), parse_rfc3339(value)?))
+            }
+            _ => None,
+        }
+    };
+    match tokens.as_slice() {
+        [a, b, c] => Some(vec![clause(&[a, b, c])?]),
+        [a, b, c, and, d, e, f] if and.eq_ignore_ascii_case("and") => {
+            Some(vec![clause(&[a, b, c])?, clause(&[d, e, f])?])
+        }
+        _ => None,
+    }
+}
+
+fn updated_nanos(doc: &Value) -> i128 {
+    doc.get("updatedDateTime")
+        .and_then(Value::as_str)
+        .and_then(parse_rfc3339)
+        .unwrap_or(i128::MIN)
+}
+
+fn list(s: &State, req: &Recorded, base: &str) -> Reply {
+    let pairs = req.query_pairs();
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let clauses = match get("$filter") {
+        Some(f) => match parse_filter(f) {
+            Some(c) => c,
+            None => return pc_error(400, "BadRequest", &format!("Unsupported $filter '{f}'.")),
+        },
+        None => Vec::new(),
+    };
+    let order = match get("$orderby").map(str::trim) {
+        None => None,
+        Some("updatedDateTime" | "updatedDateTime asc") => Some(false),
+        Some("updatedDateTime desc") => Some(true),
+        Some(o) => return pc_error(400, "BadRequest", &format!("Unsupported $orderby '{o}'.")),
+    };
+    let top = match get("$top").map(str::parse::<usize>) {
+        None => MAX_PAGE,
+        Some(Ok(n)) if n > 0 => n.min(MAX_PAGE),
+        Some(_) => return pc_error(400, "BadRequest", "Invalid $top."),
+    };
+    let skip = match get("$skiptoken").map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return pc_error(400, "BadRequest", "Invalid $skiptoken."),
+    };
+    let mut items: Vec<&Stored> = s
+        .referrals
+        .values()
+        .filter(|r| {
+            let t = updated_nanos(&r.doc);
+            clauses.iter().all(|(op, v)| match op.as_str() {
+                "ge" => t >= *v,
+                "gt" => t > *v,
+                "le" => t <= *v,
+                _ => t < *v,
+            })
+        })
+        .collect();
+    match order {
+        None => items.sort_by_key(|r| r.seq),
+        Some(desc) => {
+            items.sort_by_key(|r| (updated_nanos(&r.doc), r.seq));
+            if desc {
+                items.reverse();
+            }
+        }
+    }
+    let total = items.len();
+    let page: Vec<Value> = items
+        .iter()
+        .skip(skip)
+        .take(top)
+        .map(|r| r.doc.clone())
+        .collect();
+    let mut body = json!({ "@odata.count": total, "value": page });
+    if skip + top < total {
+        let link_base = s.next_link_base.as_deref().unwrap_or(base);
+        let mut query: Vec<String> = pairs
+            .iter()
+            .filter(|(k, _)| k != "$skiptoken")
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        query.push(format!("$skiptoken={}", skip + top));
+        body["@odata.nextLink"] =
+            Value::String(format!("{link_base}{REFERRALS}?{}", query.join("&")));
+    }
+    Reply::json(200, &body)
+}
+
+fn encode(v: &str) -> String {
+    url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}
+
+/// Reads `key` from a JSON object case-insensitively.
+fn get_ci<'a>(obj: &'a Value, key: &str) -> Option<&'a Value> {
+    obj.as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
+fn put_registration(s: &mut State, req: &Recorded, create: bool) -> Reply {
+    match (&s.registration, create) {
+        (Some(_), true) => {
+            return pc_error(
+                409,
+                "Conflict",
+                "Registration already exists, use the PUT method to update a registration.",
+            );
+        }
+        (None, false) => return pc_error(404, "NotFound", "Registration not found."),
+        _ => {}
+    }
+    let body = req.json();
+    let Some(url) = get_ci(&body, "WebhookUrl").and_then(Value::as_str) else {
+        return pc_error(400, "BadRequest", "WebhookUrl is required.");
+    };
+    let events: Option<Vec<String>> = get_ci(&body, "WebhookEvents")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().map(|e| e.as_str().map(str::to_owned)).collect());
+    let Some(events) = events else {
+        return pc_error(
+            400,
+            "BadRequest",
+            "WebhookEvents must be an array of strings.",
+        );
+    };
+    let to_header = match get_ci(&body, "SignatureTokenToMsSignatureHeader") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return pc_error(
+                400,
+                "BadRequest",
+                "SignatureTokenToMsSignatureHeader must be a boolean.",
+            );
+        }
+    };
+    let subscriber = s
+        .registration
+        .as_ref()
+        .and_then(|r| get_ci(r, "SubscriberId"))
+        .and_then(Value::as_str)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let registration = json!({
+        "SubscriberId": subscriber,
+        "WebhookUrl": url,
+        "WebhookEvents": events,
+        "SignatureTokenToMsSignatureHeader": to_header,
+    });
+    s.registration = Some(registration.clone());
+    Reply::json(200, &registration)
+}
+
+fn create_validation_event(s: &mut State) -> Reply {
+    let Some(reg) = &s.registration else {
+        return pc_error(400, "BadRequest", "No webhook registration.");
+    };
+    let subscribed = get_ci(reg, "WebhookEvents")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|e| e.as_str() == Some("test-created")));
+    if !subscribed {
+        return pc_error(
+            400,
+            "BadRequest",
+            "The registration is not subscribed to test-created.",
+        );
+    }
+    let callback = get_ci(reg, "WebhookUrl").cloned().unwrap_or(Value::Null);
+    let id = uuid::Uuid::new_v4().to_string();
+    let now = now_rfc3339();
+    s.validation_events.insert(
+        id.clone(),
+        json!({
+            "correlationId": id,
+            "partnerId": "00000000-0000-0000-0000-000000000000",
+            "status": "completed",
+            "callbackUrl": callback,
+            "results": [{
+                "responseCode": "OK",
+                "responseMessage": "",
+                "systemError": false,
+                "dateTimeUtc": now.trim_end_matches('Z'),
+            }],
+        }),
+    );
+    Reply::json(200, &json!({ "correlationId": id }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_patch_add_and_replace() {
+        let mut doc = json!({"status": "New", "details": {"dealValue": 1}, "team": []});
+        apply_op(
+            &mut doc,
+            &json!({"op":"replace","path":"/status","value":"Active"}),
+        )
+        .expect("replace");
+        apply_op(
+            &mut doc,
+            &json!({"op":"add","path":"/details/notes","value":"n"}),
+        )
+        .expect("add member");
+        apply_op(
+            &mut doc,
+            &json!({"op":"add","path":"/team/-","value":{"a":1}}),
+        )
+        .expect("append");
+        assert_eq!(
+            doc,
+            json!({"status":"Active","details":{"dealValue":1,"notes":"n"},"team":[{"a":1}]})
+        );
+        assert!(apply_op(&mut doc, &json!({"op":"replace","path":"/nope","value":1})).is_err());
+        assert!(apply_op(&mut doc, &json!({"op":"remove","path":"/status"})).is_err());
+        assert!(apply_op(&mut doc, &json!({"op":"add","path":"/x/y","value":1})).is_err());
+    }
+
+    #[test]
+    fn filter_forms() {
+        let one = parse_filter("updatedDateTime ge 2026-01-01T00:00:00Z").expect("ge");
+        assert_eq!(one.len(), 1);
+        let two = parse_filter(
+            "updatedDateTime ge 2026-01-01T00:00:00Z and updatedDateTime le 2026-02-01T00:00:00Z",
+        )
+        .expect("range");
+        assert_eq!(two.len(), 2);
+        assert!(parse_filter("status eq 'New'").is_none());
+    }
+
+    #[test]
+    fn set_pointer_creates_members() {
+        let mut doc = json!({"a": {}});
+        set_pointer(&mut doc, "/a/b/c", json!(1)).expect("set");
+        assert_eq!(doc, json!({"a": {"b": {"c": 1}}}));
+    }
+}
