@@ -199,16 +199,16 @@ impl Settings {
             fetch_timeout: Duration::from_secs(5),
             max_cert_bytes: 64 * 1024,
         };
-        if let Some(path) = &webhook.trusted_ca_file {
-            if !path.is_file() {
-                return Err(ConfigError::Invalid {
-                    name: "WEBHOOK_TRUSTED_CA_FILE",
-                    reason: format!(
-                        "{} is not a readable file; give a PEM bundle or unset it to use the system trust store",
-                        path.display()
-                    ),
-                });
-            }
+        if let Some(path) = &webhook.trusted_ca_file
+            && !path.is_file()
+        {
+            return Err(ConfigError::Invalid {
+                name: "WEBHOOK_TRUSTED_CA_FILE",
+                reason: format!(
+                    "{} is not a readable file; give a PEM bundle or unset it to use the system trust store",
+                    path.display()
+                ),
+            });
         }
 
         let authority_host = parse_base_url(

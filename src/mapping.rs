@@ -549,8 +549,12 @@ impl Mapping {
             ));
         }
         if let Some(change) = status_change(referral, lead) {
-            ops.push(PatchOp::replace("/status", change.status));
-            ops.push(PatchOp::replace("/substatus", change.substatus));
+            ops.push(PatchOp::set(document, "status", Value::from(change.status)));
+            ops.push(PatchOp::set(
+                document,
+                "substatus",
+                Value::from(change.substatus),
+            ));
             if let Some(reason) = change.reason {
                 ops.push(PatchOp::set(document, "statusReason", Value::from(reason)));
             }
@@ -735,10 +739,10 @@ impl ColumnRule {
         if value.is_null() {
             return Ok(Value::Null);
         }
-        if let Value::String(s) = value {
-            if s.trim().is_empty() {
-                return Ok(Value::Null);
-            }
+        if let Value::String(s) = value
+            && s.trim().is_empty()
+        {
+            return Ok(Value::Null);
         }
         match self.kind {
             ColumnKind::Text { max } => {
@@ -884,14 +888,6 @@ pub struct PatchOp {
 }
 
 impl PatchOp {
-    fn replace(path: &str, value: &str) -> Self {
-        Self {
-            op: "replace",
-            path: path.to_owned(),
-            value: Value::from(value),
-        }
-    }
-
     /// `replace` when the top-level field exists (in any casing), else `add`.
     fn set(document: &Map<String, Value>, field: &str, value: Value) -> Self {
         let existing = document.keys().find(|k| k.eq_ignore_ascii_case(field));
@@ -1423,5 +1419,110 @@ mod tests {
                 .get(r.document()),
             None
         );
+    }
+
+    mod property {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn apply(document: &mut Value, ops: &[PatchOp]) {
+            for op in ops {
+                let keys: Vec<&str> = op.path.split('/').skip(1).collect();
+                let (last, parents) = keys.split_last().unwrap();
+                let mut target = &mut *document;
+                for key in parents {
+                    target = target
+                        .as_object_mut()
+                        .unwrap()
+                        .entry(*key)
+                        .or_insert(json!({}));
+                }
+                let object = target.as_object_mut().unwrap();
+                if op.op == "replace" {
+                    assert!(
+                        object.contains_key(*last),
+                        "replace of a missing member {}",
+                        op.path
+                    );
+                }
+                object.insert((*last).to_owned(), op.value.clone());
+            }
+        }
+
+        fn text() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                Just(json!("")),
+                "\\PC{0,320}".prop_map(Value::from)
+            ]
+        }
+
+        fn referral_doc() -> impl Strategy<Value = Value> {
+            let member = (text(), text(), text(), text()).prop_map(
+                |(f, l, e, p)| json!({"firstName": f, "lastName": l, "email": e, "phoneNumber": p}),
+            );
+            let deal = prop_oneof![
+                Just(Value::Null),
+                (0u32..2_000_000).prop_map(Value::from),
+                (0.0f64..1.0e9).prop_map(Value::from),
+                (0u32..100_000).prop_map(|n| Value::from(format!("{n}.5"))),
+            ];
+            let date = prop_oneof![
+                Just(Value::Null),
+                (2020i32..2030, 1u8..=12, 1u8..=28)
+                    .prop_map(|(y, m, d)| Value::from(format!("{y}-{m:02}-{d:02}T00:00:00Z"))),
+            ];
+            let status = prop_oneof![Just("New"), Just("Active"), Just("Closed")];
+            let direction = prop_oneof![Just("Incoming"), Just("Outgoing")];
+            (text(), text(), proptest::collection::vec(member, 0..3), text(), text(), deal, date, status, direction)
+                .prop_map(|(name, company, team, city, notes, deal, date, status, direction)| {
+                    json!({"id": ID, "name": name, "status": status, "direction": direction, "eTag": "\"1\"",
+                           "customerProfile": {"name": company, "team": team, "address": {"city": city}},
+                           "details": {"notes": notes, "dealValue": deal, "closingDateTime": date}})
+                })
+        }
+
+        fn lead_state() -> impl Strategy<Value = (LeadState, Option<i64>)> {
+            prop_oneof![
+                Just((LeadState::Open, Some(1))),
+                Just((LeadState::Qualified, Some(3))),
+                (4i64..=7).prop_map(|c| (LeadState::Disqualified, Some(c))),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn syncing_any_referral_twice_makes_no_second_write(doc in referral_doc(), (state, code) in lead_state(), crm_amount in proptest::option::of(0u32..1_000_000)) {
+                for mapping in [
+                    Mapping::default(),
+                    Mapping::from_json_text(r#"{"columns": {"estimatedamount": {"from": "details.dealValue", "direction": "crm-to-pc"}}}"#).unwrap(),
+                ] {
+                    let referral = Referral::from_json(doc.clone(), None).unwrap();
+                    let LeadPlan::Create { columns } = mapping.plan_lead(&referral, None).unwrap() else {
+                        panic!("no lead yet must mean create")
+                    };
+                    let mut lead = Lead { lead_id: LEAD.into(), etag: None, state: LeadState::Open, status_code: Some(1), columns };
+                    if let Some(amount) = crm_amount
+                        && mapping != Mapping::default() {
+                            lead.columns.insert("estimatedamount".into(), Value::from(amount));
+                        }
+                    prop_assert_eq!(mapping.plan_lead(&referral, Some(&lead)).unwrap(), LeadPlan::Unchanged);
+                    lead.state = state;
+                    lead.status_code = code;
+
+                    let mut document = doc.clone();
+                    if let WriteBack::Patch(ops) = mapping.plan_writeback(&referral, &lead).unwrap() {
+                        apply(&mut document, &ops);
+                    }
+                    let after = Referral::from_json(document, None).unwrap();
+                    let second = mapping.plan_writeback(&after, &lead).unwrap();
+                    prop_assert!(matches!(second, WriteBack::Unchanged | WriteBack::Closed), "{:?}", second);
+                    if state == LeadState::Open {
+                        prop_assert_eq!(mapping.plan_lead(&after, Some(&lead)).unwrap(), LeadPlan::Unchanged);
+                    }
+                }
+            }
+        }
     }
 }

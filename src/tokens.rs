@@ -230,10 +230,10 @@ impl TokenCredential for RefreshTokenCredential {
     ) -> azure_core::Result<AccessToken> {
         let key = scopes.join(" ");
         let mut cache = self.cache.lock().await;
-        if let Some(token) = cache.get(&key) {
-            if token.expires_on - REFRESH_MARGIN > OffsetDateTime::now_utc() {
-                return Ok(token.clone());
-            }
+        if let Some(token) = cache.get(&key)
+            && token.expires_on - REFRESH_MARGIN > OffsetDateTime::now_utc()
+        {
+            return Ok(token.clone());
         }
         let token = self.redeem(scopes).await?;
         cache.insert(key, token.clone());
@@ -287,7 +287,6 @@ pub fn dataverse_credential(
             let options = ManagedIdentityCredentialOptions {
                 user_assigned_id: settings.client_id.clone().map(UserAssignedId::ClientId),
                 client_options,
-                ..Default::default()
             };
             let credential = ManagedIdentityCredential::new(Some(options))
                 .map_err(|e| invalid("AZURE_CLIENT_ID", e))?;

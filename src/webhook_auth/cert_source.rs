@@ -139,10 +139,10 @@ impl CertSource {
             leaves.entry(url.as_str().to_owned()).or_default().clone()
         };
         let mut cached = slot.lock().await;
-        if let Some(cert) = cached.as_ref() {
-            if now < cert.valid_until {
-                return Ok(cert.clone());
-            }
+        if let Some(cert) = cached.as_ref()
+            && now < cert.valid_until
+        {
+            return Ok(cert.clone());
         }
         match self.load(url, now).await {
             Ok(cert) => {

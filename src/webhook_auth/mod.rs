@@ -52,10 +52,10 @@ pub async fn authenticate<'a>(
     if body.len() > MAX_BODY_BYTES {
         return Err(WebhookAuthError::BodyTooLarge);
     }
-    if let Ok(Some(encoding)) = headers.single("content-encoding") {
-        if !encoding.trim().eq_ignore_ascii_case("identity") {
-            return Err(WebhookAuthError::ContentEncoding);
-        }
+    if let Ok(Some(encoding)) = headers.single("content-encoding")
+        && !encoding.trim().eq_ignore_ascii_case("identity")
+    {
+        return Err(WebhookAuthError::ContentEncoding);
     }
     let signed = SignatureHeaders::parse(headers, certs.allowed_prefixes())?;
     let cert = certs.trusted(&signed.certificate_url, now).await?;

@@ -224,17 +224,17 @@ pub fn parse_certificates(bytes: &[u8]) -> Result<Vec<X509>, WebhookAuthError> {
     if let Ok(cert) = X509::from_der(bytes) {
         return Ok(vec![cert]);
     }
-    if let Ok(certs) = X509::stack_from_pem(bytes) {
+    if let Ok(certs) = X509::stack_from_pem(bytes)
+        && !certs.is_empty()
+    {
+        return Ok(certs);
+    }
+    if let Ok(pkcs7) = Pkcs7::from_der(bytes)
+        && let Some(certs) = pkcs7.signed().and_then(|s| s.certificates())
+    {
+        let certs: Vec<X509> = certs.iter().map(ToOwned::to_owned).collect();
         if !certs.is_empty() {
             return Ok(certs);
-        }
-    }
-    if let Ok(pkcs7) = Pkcs7::from_der(bytes) {
-        if let Some(certs) = pkcs7.signed().and_then(|s| s.certificates()) {
-            let certs: Vec<X509> = certs.iter().map(ToOwned::to_owned).collect();
-            if !certs.is_empty() {
-                return Ok(certs);
-            }
         }
     }
     Err(WebhookAuthError::NotACertificate)

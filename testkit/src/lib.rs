@@ -6,4 +6,5 @@ pub mod cert_host;
 pub mod cert_world;
 pub mod fakes;
 pub mod pki;
+pub mod sync_world;
 pub mod tls;

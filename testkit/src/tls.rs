@@ -57,3 +57,12 @@ impl Drop for HttpsFront {
         self.task.abort();
     }
 }
+
+/// A TLS acceptor presenting `identity` (for fakes that serve https themselves).
+pub fn acceptor(identity: &Issued) -> tokio_native_tls::TlsAcceptor {
+    let tls_identity = native_tls::Identity::from_pkcs8(&identity.cert_pem(), &identity.key_pem())
+        .expect("identity");
+    tokio_native_tls::TlsAcceptor::from(
+        native_tls::TlsAcceptor::new(tls_identity).expect("acceptor"),
+    )
+}

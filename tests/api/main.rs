@@ -2,5 +2,6 @@
 
 mod helpers;
 mod host_contract;
+mod referral_sync;
 mod schemas;
 mod webhook;

@@ -1,0 +1,150 @@
+//! Everything ReferralSync talks to, faked on 127.0.0.1: the Entra token endpoint over https
+//! (azure_identity insists on it; trusted through the test root), Partner Center and
+//! Dataverse, plus the settings variables that point the connector at them.
+
+use std::{collections::HashMap, io::Write};
+
+use serde_json::{Value, json};
+
+use crate::{
+    fakes::{FakeDataverse, FakeEntra, FakePartnerCenter},
+    pki::TestPki,
+    tls,
+};
+
+/// Partner tenant used by the fakes.
+pub const TENANT: &str = "contoso.onmicrosoft.com";
+/// Dataverse tenant (a GUID, as azure_identity validates it).
+pub const DATAVERSE_TENANT: &str = "11111111-2222-3333-4444-555555555555";
+/// The alternate-key column.
+pub const KEY_COLUMN: &str = "new_partnercenterreferralid";
+
+/// The three fakes and the PKI that makes the token endpoint's TLS trusted.
+pub struct SyncWorld {
+    /// Root of the TLS certificate of the token endpoint.
+    pub pki: TestPki,
+    /// Token endpoint (https).
+    pub entra: FakeEntra,
+    /// Referrals and webhook registration APIs.
+    pub partner_center: FakePartnerCenter,
+    /// Dataverse Web API.
+    pub dataverse: FakeDataverse,
+    root_file: tempfile::NamedTempFile,
+}
+
+impl SyncWorld {
+    /// Starts all fakes.
+    pub async fn start() -> Self {
+        let pki = TestPki::new(None);
+        let entra = FakeEntra::start_tls(tls::acceptor(&pki.tls_server()), "127.0.0.1").await;
+        let partner_center = FakePartnerCenter::start().await;
+        let dataverse = FakeDataverse::start(KEY_COLUMN).await;
+        let mut root_file = tempfile::NamedTempFile::new().expect("temp file");
+        root_file
+            .write_all(&pki.root.cert_pem())
+            .expect("write root");
+        Self {
+            pki,
+            entra,
+            partner_center,
+            dataverse,
+            root_file,
+        }
+    }
+
+    /// The settings a user would set, pointing at the fakes.
+    pub fn vars(&self) -> HashMap<String, String> {
+        [
+            ("AZURE_AUTHORITY_HOST", self.entra.base_url()),
+            ("PARTNER_CENTER_TENANT_ID", TENANT.to_owned()),
+            ("PARTNER_CENTER_CLIENT_ID", self.entra.client_id()),
+            ("PARTNER_CENTER_CLIENT_SECRET", self.entra.client_secret()),
+            ("PARTNER_CENTER_REFRESH_TOKEN", self.entra.refresh_token()),
+            ("PARTNER_CENTER_API_URL", self.partner_center.base_url()),
+            (
+                "PARTNER_CENTER_WEBHOOK_API_URL",
+                self.partner_center.base_url(),
+            ),
+            ("DATAVERSE_URL", self.dataverse.base_url()),
+            ("DATAVERSE_REFERRAL_KEY_COLUMN", KEY_COLUMN.to_owned()),
+            ("AZURE_TENANT_ID", DATAVERSE_TENANT.to_owned()),
+            ("AZURE_CLIENT_ID", self.entra.dataverse_client_id()),
+            ("AZURE_CLIENT_SECRET", self.entra.dataverse_client_secret()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// PEM of the root that issued the token endpoint's certificate.
+    pub fn root_pem(&self) -> Vec<u8> {
+        self.pki.root.cert_pem()
+    }
+
+    /// A file holding [`SyncWorld::root_pem`] (for `SSL_CERT_FILE`).
+    pub fn root_pem_path(&self) -> String {
+        self.root_file.path().display().to_string()
+    }
+}
+
+/// A realistic incoming, new referral.
+pub fn referral(id: &str) -> Value {
+    json!({
+        "id": id,
+        "engagementId": "65edc0b5-3485-41b7-a17e-dfa9ef4706e2",
+        "name": "Fabrikam cloud migration",
+        "organizationId": "7d23e5ca-19dc-4eaa-aac8-5e6b559f0d1d",
+        "organizationName": "Contoso Company",
+        "externalReferenceId": "",
+        "status": "New",
+        "substatus": "Pending",
+        "qualification": "SalesQualified",
+        "type": "Independent",
+        "direction": "Incoming",
+        "customerProfile": {
+            "name": "Fabrikam Inc",
+            "address": {"addressLine1": "One Microsoft Way", "addressLine2": "", "city": "Redmond",
+                        "state": "WA", "postalCode": "98052", "country": "US"},
+            "team": [
+                {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@fabrikam.test", "phoneNumber": "555-0100"},
+                {"firstName": "Bob", "lastName": "Later", "email": "bob@fabrikam.test", "phoneNumber": "555-0101"}
+            ]
+        },
+        "details": {"notes": "Wants help moving 40 VMs", "dealValue": 10000, "currency": "USD",
+                    "closingDateTime": "2026-12-31T00:00:00Z"}
+    })
+}
+
+/// A queue-trigger envelope as the host sends it: the message double-encoded, `DequeueCount`
+/// as a string, `Id` and `PopReceipt` JSON-quoted, message properties copied into Metadata.
+pub fn queue_envelope(message_text: &str, dequeue_count: u32) -> Vec<u8> {
+    let mut metadata = json!({
+        "DequeueCount": dequeue_count.to_string(),
+        "Id": format!("\"{}\"", uuid::Uuid::new_v4()),
+        "PopReceipt": "\"AgAAAAMAAAAAAAAA\"",
+        "InsertionTime": "2026-11-23T07:54:20+00:00",
+        "ExpirationTime": "2026-11-30T07:54:20+00:00",
+        "NextVisibleTime": "2026-11-23T08:04:22+00:00",
+        "sys": {"MethodName": "ReferralSync", "UtcNow": "2026-11-23T07:54:22.1233190Z", "RandGuid": uuid::Uuid::new_v4().to_string()}
+    });
+    if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(message_text) {
+        for (k, v) in fields {
+            metadata[k] = Value::from(v.to_string());
+        }
+    }
+    let pretty = serde_json::from_str::<Value>(message_text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| message_text.to_owned());
+    let msg = serde_json::to_string(&pretty).expect("encode");
+    json!({"Data": {"msg": msg}, "Metadata": metadata})
+        .to_string()
+        .into_bytes()
+}
+
+/// The message the webhook enqueues for `id`.
+pub fn sync_message(id: &str) -> String {
+    json!({"referralId": id, "eventName": "referral-created",
+           "resourceChangeUtcDate": "2026-11-20T10:15:30.1234567+00:00", "receivedAt": "2026-11-20T10:15:31Z"})
+    .to_string()
+}
