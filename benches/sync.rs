@@ -1,0 +1,133 @@
+//! HTTP requests per sync (create, update, no-op) and end-to-end syncs per second through the
+//! ReferralSync route against the local fakes, printed next to the fakes' raw round-trip rate
+//! measured in the same run. `cargo bench --bench sync`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, stream};
+use referral_connector::{config::Settings, startup::Application};
+use serde_json::json;
+use testkit::sync_world::{SyncWorld, queue_envelope, referral, sync_message};
+
+const N: usize = 2000;
+const CONCURRENCY: usize = 16;
+
+fn id(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}
+
+async fn invoke(client: &reqwest::Client, address: &str, referral_id: &str) {
+    let response = client
+        .post(format!("{address}/ReferralSync"))
+        .body(queue_envelope(&sync_message(referral_id), 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["Outputs"].get("poison").is_none(), "{body}");
+}
+
+fn requests(world: &SyncWorld) -> usize {
+    world.partner_center.requests().len() + world.dataverse.requests().len()
+}
+
+fn clear(world: &SyncWorld) {
+    world.partner_center.clear_requests();
+    world.dataverse.clear_requests();
+}
+
+async fn rate<F, Fut>(count: usize, f: F) -> f64
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let start = Instant::now();
+    stream::iter(0..count)
+        .for_each_concurrent(CONCURRENCY, f)
+        .await;
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let world = SyncWorld::start().await;
+        let mut vars = world.vars();
+        vars.insert("SYNC_RETRY_BUDGET_SECONDS".into(), "5".into());
+        let mut settings = Settings::from_vars(&vars).unwrap();
+        settings.http.extra_root_pems = vec![world.root_pem()];
+        settings.sync.retry_min_delay = Duration::from_millis(10);
+        let app = Application::build(&settings).await.unwrap();
+        let address = Arc::new(format!("http://127.0.0.1:{}", app.port()));
+        tokio::spawn(app.run_until(std::future::pending()));
+        let client = reqwest::Client::new();
+
+        world.partner_center.insert_referral(referral(&id(999_999)));
+        invoke(&client, &address, &id(999_999)).await;
+        let tokens_first = world.entra.requests().len();
+
+        let a = id(0);
+        world.partner_center.insert_referral(referral(&a));
+        clear(&world);
+        invoke(&client, &address, &a).await;
+        let create = requests(&world);
+        let tokens_after = world.entra.requests().len();
+
+        world.partner_center.set_referral_field(&a, "/details/notes", json!("updated notes"));
+        clear(&world);
+        invoke(&client, &address, &a).await;
+        let update = requests(&world);
+
+        clear(&world);
+        invoke(&client, &address, &a).await;
+        let noop = requests(&world);
+
+        for i in 1..=N {
+            world.partner_center.insert_referral(referral(&id(i)));
+        }
+        let creates = rate(N, |i| {
+            let (client, address) = (client.clone(), address.clone());
+            async move { invoke(&client, &address, &id(i + 1)).await }
+        })
+        .await;
+        let noops = rate(N, |i| {
+            let (client, address) = (client.clone(), address.clone());
+            async move { invoke(&client, &address, &id(i + 1)).await }
+        })
+        .await;
+        assert_eq!(world.dataverse.leads().len(), N + 2, "exactly one lead per referral");
+
+        let pc = Arc::new(world.partner_center.base_url());
+        let raw = rate(N * 2, |i| {
+            let (client, pc) = (client.clone(), pc.clone());
+            async move {
+                let r = client
+                    .get(format!("{pc}/v1.0/engagements/referrals/{}", id(i % N + 1)))
+                    .bearer_auth("bench")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                let _ = r.bytes().await.unwrap();
+            }
+        })
+        .await;
+
+        println!("sync benchmark ({} cores, {N} referrals, {CONCURRENCY} concurrent invocations)", std::thread::available_parallelism().map_or(1, |n| n.get()));
+        println!("  requests per sync with tokens cached (targets: no-op = 2, create <= 4)");
+        println!("    create   {create}");
+        println!("    update   {update}");
+        println!("    no-op    {noop}");
+        println!("  token requests: {tokens_first} on the first sync, {} on later ones", tokens_after - tokens_first);
+        println!("  reference: raw GET round trips to the fakes   {raw:>8.0}/s  (=> at most {:.0} creates/s, {:.0} no-ops/s)", raw / create as f64, raw / noop as f64);
+        println!("  end-to-end syncs through /ReferralSync, create {creates:>8.0}/s  = {:.2} of that bound", creates / (raw / create as f64));
+        println!("  end-to-end syncs through /ReferralSync, no-op  {noops:>8.0}/s  = {:.2} of that bound", noops / (raw / noop as f64));
+    });
+}
