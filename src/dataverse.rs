@@ -84,6 +84,31 @@ impl DataverseClient {
         }
     }
 
+    /// The client the settings describe, with its credential.
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        http: reqwest::Client,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let url = settings.dataverse.require_url()?.clone();
+        let credential = crate::tokens::dataverse_credential(&settings.dataverse, http.clone())?;
+        Ok(Self::new(
+            http,
+            url,
+            settings.dataverse.key_column.clone(),
+            credential,
+            RetryPolicy::new(settings.sync.retry_budget, settings.sync.retry_min_delay),
+        ))
+    }
+
+    /// Gets a Dataverse token (used by `check`).
+    pub async fn token(&self) -> Result<(), CallError> {
+        self.credential
+            .get_token(&[self.scope.as_str()], None)
+            .await
+            .map(|_| ())
+            .map_err(|e| token_error(&e))
+    }
+
     /// The alternate-key column.
     pub fn key_column(&self) -> &str {
         &self.key_column

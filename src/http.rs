@@ -33,6 +33,16 @@ pub fn client_builder(settings: &HttpSettings) -> Result<reqwest::ClientBuilder,
     Ok(builder)
 }
 
+/// The shared client the settings describe.
+pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, crate::config::ConfigError> {
+    client_builder(settings)
+        .and_then(reqwest::ClientBuilder::build)
+        .map_err(|e| crate::config::ConfigError::Invalid {
+            name: "SSL_CERT_FILE",
+            reason: format!("the HTTP client cannot be built: {e}"),
+        })
+}
+
 /// A short description of a transport error, for logs and operator output.
 pub fn describe(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {

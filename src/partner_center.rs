@@ -92,6 +92,24 @@ impl PartnerCenterClient {
         }
     }
 
+    /// The client the settings describe, with the delegated refresh-token credential.
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        http: reqwest::Client,
+    ) -> Result<(Self, Arc<crate::tokens::RefreshTokenCredential>), crate::config::ConfigError>
+    {
+        let credential =
+            crate::tokens::RefreshTokenCredential::new(&settings.partner_center, http.clone())?;
+        let client = Self::new(
+            http,
+            settings.partner_center.api_url.clone(),
+            settings.partner_center.webhook_api_url.clone(),
+            credential.clone(),
+            RetryPolicy::new(settings.sync.retry_budget, settings.sync.retry_min_delay),
+        );
+        Ok((client, credential))
+    }
+
     fn url(base: &Url, path: &str) -> Result<Url, CallError> {
         let base = base.as_str().trim_end_matches('/');
         Url::parse(&format!("{base}{path}")).map_err(|e| CallError::Decode(e.to_string()))

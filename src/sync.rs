@@ -11,10 +11,8 @@ use crate::{
     config::{ConfigError, Settings},
     dataverse::{Condition, DataverseClient, DataverseError},
     domain::{Lead, LeadState, Referral, ReferralId, ReferralStatus},
-    http::RetryPolicy,
     mapping::{LeadPlan, MapError, Mapping, WriteBack},
     partner_center::{PartnerCenterClient, PartnerCenterError},
-    tokens::{RefreshTokenCredential, dataverse_credential},
 };
 
 /// Rounds of re-reading after a 412 on either side before the message goes back to the queue.
@@ -184,30 +182,9 @@ pub struct Syncer {
 impl Syncer {
     /// Wires the clients from settings. Fails naming the first missing setting.
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
-        let http = crate::http::client_builder(&settings.http)
-            .and_then(reqwest::ClientBuilder::build)
-            .map_err(|e| ConfigError::Invalid {
-                name: "SSL_CERT_FILE",
-                reason: format!("the HTTP client cannot be built: {e}"),
-            })?;
-        let retry = RetryPolicy::new(settings.sync.retry_budget, settings.sync.retry_min_delay);
-        let pc_credential = RefreshTokenCredential::new(&settings.partner_center, http.clone())?;
-        let partner_center = PartnerCenterClient::new(
-            http.clone(),
-            settings.partner_center.api_url.clone(),
-            settings.partner_center.webhook_api_url.clone(),
-            pc_credential,
-            retry.clone(),
-        );
-        let dataverse_url = settings.dataverse.require_url()?.clone();
-        let dv_credential = dataverse_credential(&settings.dataverse, http.clone())?;
-        let dataverse = DataverseClient::new(
-            http,
-            dataverse_url,
-            settings.dataverse.key_column.clone(),
-            dv_credential,
-            retry,
-        );
+        let http = crate::http::client(&settings.http)?;
+        let (partner_center, _) = PartnerCenterClient::from_settings(settings, http.clone())?;
+        let dataverse = DataverseClient::from_settings(settings, http)?;
         if settings
             .sync
             .mapping
@@ -259,8 +236,17 @@ impl Syncer {
     }
 
     /// Syncs one referral. Replays are no-ops: nothing is written when nothing differs.
-    #[tracing::instrument(skip_all, fields(referral_id = %id))]
     pub async fn sync(&self, id: &ReferralId) -> Result<SyncReport, SyncError> {
+        self.run(id, true).await
+    }
+
+    /// What [`Syncer::sync`] would do, reading both sides and writing nothing.
+    pub async fn preview(&self, id: &ReferralId) -> Result<SyncReport, SyncError> {
+        self.run(id, false).await
+    }
+
+    #[tracing::instrument(skip_all, fields(referral_id = %id, write))]
+    async fn run(&self, id: &ReferralId, write: bool) -> Result<SyncReport, SyncError> {
         let select = self.mapping.select_columns();
         let returned = self.mapping.writeback_columns();
         let mut lead_written: Option<LeadOutcome> = None;
@@ -272,6 +258,19 @@ impl Syncer {
             let current = self.dataverse.get_lead(id, &select).await?;
             let plan = self.mapping.plan_lead(&referral, current.as_ref())?;
             let (lead, outcome) = match (plan, current) {
+                (LeadPlan::Create { columns }, _) if !write => (
+                    Lead {
+                        lead_id: "(new lead)".into(),
+                        etag: None,
+                        state: LeadState::Open,
+                        status_code: Some(1),
+                        columns,
+                    },
+                    LeadOutcome::Created,
+                ),
+                (LeadPlan::Update { .. }, Some(current)) if !write => {
+                    (current, LeadOutcome::Updated)
+                }
                 (LeadPlan::Create { columns }, _) => {
                     match self
                         .dataverse
@@ -306,6 +305,7 @@ impl Syncer {
                 lead_written.get_or_insert(outcome);
             }
             let write_back = match self.mapping.plan_writeback(&referral, &lead)? {
+                WriteBack::Patch(_) if !write => WriteBackOutcome::Patched,
                 WriteBack::Patch(ops) => {
                     match self
                         .partner_center

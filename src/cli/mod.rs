@@ -1,12 +1,18 @@
-//! Operator commands of the same binary: `serve` (what the host runs), `sync`, and the setup
-//! and recovery commands. Settings come from the environment and, with `--settings`, from a
-//! `local.settings.json` `Values` block.
+//! Operator commands of the same binary: `serve` (what the host runs) and the setup and
+//! recovery commands. Settings come from the environment and, with `--settings`, from a
+//! `local.settings.json` `Values` block. Every command prints one clear sentence per failure
+//! with the fix, never prints a secret (except `login --print`), and exits 0 only on success.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
+pub mod backfill;
+pub mod check;
+pub mod login;
+pub mod setup;
 pub mod sync;
+pub mod webhook;
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -29,10 +35,147 @@ pub struct Cli {
 pub enum Command {
     /// Serve the Functions host on 127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT (the default).
     Serve,
+    /// Sign in the Referrals Admin user once (device code) and store the refresh token.
+    Login {
+        /// Print the refresh token instead of writing it into the --settings file.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Create, show or test the Partner Center webhook registration.
+    Webhook {
+        /// Which webhook action.
+        #[command(subcommand)]
+        action: WebhookAction,
+    },
     /// Sync these referrals now, exactly as the queue function does, and print each outcome.
     Sync {
         /// Referral ids (GUIDs).
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },
+    /// Sync every referral updated in a time window (recovers events Partner Center gave up on).
+    Backfill {
+        /// Start of the window: a date (2026-01-31) or an RFC 3339 time, UTC.
+        #[arg(long, value_name = "DATE")]
+        since: String,
+        /// End of the window (inclusive); default: now.
+        #[arg(long, value_name = "DATE")]
+        until: Option<String>,
+        /// Referrals synced at the same time.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+        concurrency: u16,
+        /// Read both sides and report what would change, writing nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Verify the whole configuration without writing anything.
+    Check {
+        /// The webhook URL the registration should point at.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
+    /// Prepare Dataverse: the referral-id column on lead and its alternate key.
+    Setup {
+        /// What to prepare.
+        #[command(subcommand)]
+        target: SetupTarget,
+    },
+}
+
+/// `webhook` actions.
+#[derive(Debug, Subcommand)]
+pub enum WebhookAction {
+    /// Create or update the tenant's registration (POST when none exists, PUT otherwise).
+    Register {
+        /// The ReferralWebhook URL, with ?code=<function key>.
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// Events to subscribe to (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = crate::domain::EventName::SUBSCRIBED.map(String::from))]
+        events: Vec<String>,
+        /// Ask Partner Center to send the signature in x-ms-signature instead of Authorization.
+        #[arg(long)]
+        signature_header: bool,
+    },
+    /// Print the registration and whether it points at --url.
+    Show {
+        /// The URL it should point at.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
+    /// Send a test-created event and wait for its delivery result.
+    Test {
+        /// How long to wait for the delivery result.
+        #[arg(long, default_value = "120", value_parser = parse_seconds, value_name = "SECONDS")]
+        timeout: Duration,
+        /// Pause between polls.
+        #[arg(long, default_value = "5", value_parser = parse_seconds, value_name = "SECONDS", hide = true)]
+        poll: Duration,
+    },
+}
+
+/// `setup` targets.
+#[derive(Debug, Subcommand)]
+pub enum SetupTarget {
+    /// Create the key column and its alternate key if missing, then wait until the key is Active.
+    Dataverse {
+        /// How long to wait for the key index to become Active.
+        #[arg(long, default_value = "900", value_parser = parse_seconds, value_name = "SECONDS")]
+        timeout: Duration,
+        /// Pause between polls.
+        #[arg(long, default_value = "10", value_parser = parse_seconds, value_name = "SECONDS", hide = true)]
+        poll: Duration,
+    },
+}
+
+fn parse_seconds(raw: &str) -> Result<Duration, String> {
+    raw.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("`{raw}` is not a number of seconds"))
+}
+
+/// Hides the value of `code` (the function key) in a URL for printing.
+pub fn mask_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k.eq_ignore_ascii_case("code") || k.eq_ignore_ascii_case("sig") {
+                "***".to_owned()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    if pairs.is_empty() {
+        return parsed.to_string();
+    }
+    parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    parsed.to_string().replace("%2A%2A%2A", "***")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn function_keys_are_masked() {
+        assert_eq!(
+            mask_url("https://app.azurewebsites.net/api/ReferralWebhook?code=abc%3D%3D&x=1"),
+            "https://app.azurewebsites.net/api/ReferralWebhook?code=***&x=1"
+        );
+        assert_eq!(mask_url("https://a.test/x"), "https://a.test/x");
+    }
 }

@@ -1,5 +1,6 @@
 //! Integration tests: the handler against local fakes of every external system.
 
+mod commands;
 mod helpers;
 mod host_contract;
 mod referral_sync;

@@ -3,35 +3,22 @@
 
 use std::time::{Duration, Instant};
 
-use referral_connector::config::Settings;
 use serde_json::{Value, json};
 use testkit::{
     fakes::Fault,
     sync_world::{KEY_COLUMN, SyncWorld, queue_envelope, referral, sync_message},
 };
 
-use crate::helpers::{REFERRAL_ID, TestApp};
+use crate::helpers::{REFERRAL_ID, TestApp, sync_settings};
 
 struct World {
     fakes: SyncWorld,
     app: TestApp,
 }
 
-fn settings(fakes: &SyncWorld, extra: &[(&str, &str)]) -> Settings {
-    let mut vars = fakes.vars();
-    vars.insert("SYNC_RETRY_BUDGET_SECONDS".into(), "3".into());
-    for (k, v) in extra {
-        vars.insert((*k).into(), (*v).into());
-    }
-    let mut settings = Settings::from_vars(&vars).expect("settings");
-    settings.http.extra_root_pems = vec![fakes.root_pem()];
-    settings.sync.retry_min_delay = Duration::from_millis(20);
-    settings
-}
-
 async fn world_with(extra: &[(&str, &str)]) -> World {
     let fakes = SyncWorld::start().await;
-    let app = TestApp::spawn(&settings(&fakes, extra)).await;
+    let app = TestApp::spawn(&sync_settings(&fakes, extra)).await;
     World { fakes, app }
 }
 

@@ -1,0 +1,218 @@
+//! `check`: verifies the configuration end to end without writing anything. Each line is a
+//! pass or a failure with its fix.
+
+use std::io::Write;
+
+use azure_core::credentials::TokenCredential;
+use serde_json::Value;
+
+use super::mask_url;
+use crate::{
+    config::Settings,
+    dataverse::DataverseClient,
+    domain::EventName,
+    partner_center::{ListQuery, PartnerCenterClient},
+    tokens::PARTNER_CENTER_SCOPE,
+};
+
+struct Report<'a, W: Write> {
+    out: &'a mut W,
+    failed: usize,
+    passed: usize,
+}
+
+impl<W: Write> Report<'_, W> {
+    fn pass(&mut self, what: &str, detail: &str) -> std::io::Result<()> {
+        self.passed += 1;
+        writeln!(self.out, "PASS  {what}: {detail}")
+    }
+
+    fn fail(&mut self, what: &str, problem: &str, fix: &str) -> std::io::Result<()> {
+        self.failed += 1;
+        writeln!(self.out, "FAIL  {what}: {problem}\n      fix: {fix}")
+    }
+}
+
+/// Runs every check; returns whether all passed.
+pub async fn run(
+    settings: &Settings,
+    url: Option<&str>,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let http = crate::http::client(&settings.http)?;
+    let mut report = Report {
+        out,
+        failed: 0,
+        passed: 0,
+    };
+
+    match PartnerCenterClient::from_settings(settings, http.clone()) {
+        Err(e) => report.fail(
+            "Partner Center token",
+            &e.to_string(),
+            "set the PARTNER_CENTER_* settings (README, Operate)",
+        )?,
+        Ok((client, credential)) => {
+            match credential.get_token(&[PARTNER_CENTER_SCOPE], None).await {
+                Err(e) => report.fail(
+                    "Partner Center token",
+                    &crate::http::token_error(&e).to_string(),
+                    "run `referral-connector login --settings local.settings.json` and store the new PARTNER_CENTER_REFRESH_TOKEN",
+                )?,
+                Ok(_) => report.pass("Partner Center token", "the refresh token was redeemed")?,
+            }
+            let query = ListQuery {
+                since: "2000-01-01T00:00:00Z".into(),
+                until: None,
+                page_size: 1,
+            };
+            match client.first_page_url(&query) {
+                Err(e) => report.fail(
+                    "Partner Center referrals",
+                    &e.to_string(),
+                    "check PARTNER_CENTER_API_URL",
+                )?,
+                Ok(first) => match client.list_page(&first).await {
+                    Ok(page) => report.pass(
+                        "Partner Center referrals",
+                        &format!(
+                            "listing works ({} referral(s) on the first page)",
+                            page.referrals.len()
+                        ),
+                    )?,
+                    Err(e) => report.fail(
+                        "Partner Center referrals",
+                        &e.to_string(),
+                        "the signed-in user needs the Referrals Admin role in Partner Center",
+                    )?,
+                },
+            }
+            check_registration(&mut report, &client, url).await?;
+        }
+    }
+
+    match DataverseClient::from_settings(settings, http) {
+        Err(e) => report.fail("Dataverse", &e.to_string(), "set DATAVERSE_URL and AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET (or use a managed identity)")?,
+        Ok(client) => check_dataverse(&mut report, &client).await?,
+    }
+    writeln!(
+        report.out,
+        "{} passed, {} failed",
+        report.passed, report.failed
+    )?;
+    Ok(report.failed == 0)
+}
+
+async fn check_dataverse<W: Write>(
+    report: &mut Report<'_, W>,
+    client: &DataverseClient,
+) -> anyhow::Result<()> {
+    if let Err(e) = client.token().await {
+        report.fail(
+            "Dataverse token",
+            &e.to_string(),
+            "check AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, or the Function App's managed identity",
+        )?;
+        return Ok(());
+    }
+    report.pass("Dataverse token", "obtained")?;
+    match client.who_am_i().await {
+        Ok(user) => report.pass("Dataverse WhoAmI", &format!("application user {user}"))?,
+        Err(e) => {
+            report.fail(
+                "Dataverse WhoAmI",
+                &e.to_string(),
+                "create an application user for the app (Power Platform admin center → Application users) with a role that can read and write leads",
+            )?;
+            return Ok(());
+        }
+    }
+    let column = client.key_column().to_owned();
+    match client.key_column_exists().await {
+        Ok(true) => report.pass("Key column", &format!("lead.{column} exists"))?,
+        Ok(false) => report.fail(
+            "Key column",
+            &format!("lead.{column} does not exist"),
+            "run `referral-connector setup dataverse`",
+        )?,
+        Err(e) => report.fail(
+            "Key column",
+            &e.to_string(),
+            "the application user needs read access to table metadata",
+        )?,
+    }
+    match client.key_status().await {
+        Ok(Some(status)) if status == "Active" => report.pass("Alternate key", &format!("the key on {column} is Active"))?,
+        Ok(Some(status)) => report.fail(
+            "Alternate key",
+            &format!("the key on {column} is {status}"),
+            "wait for it to become Active (`referral-connector setup dataverse` waits), or reactivate it if Failed",
+        )?,
+        Ok(None) => report.fail("Alternate key", &format!("no alternate key on {column}"), "run `referral-connector setup dataverse`")?,
+        Err(e) => report.fail("Alternate key", &e.to_string(), "the application user needs read access to table metadata")?,
+    }
+    Ok(())
+}
+
+async fn check_registration<W: Write>(
+    report: &mut Report<'_, W>,
+    client: &PartnerCenterClient,
+    url: Option<&str>,
+) -> anyhow::Result<()> {
+    let registration = match client.get_registration().await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            report.fail(
+                "Webhook registration",
+                "none",
+                "run `referral-connector webhook register --url <ReferralWebhook URL>`",
+            )?;
+            return Ok(());
+        }
+        Err(e) => {
+            report.fail(
+                "Webhook registration",
+                &e.to_string(),
+                "grant the app Microsoft Partner Center user_impersonation and run `login` again",
+            )?;
+            return Ok(());
+        }
+    };
+    let object = registration.as_object().cloned().unwrap_or_default();
+    let registered = crate::domain::referral::lookup(&object, "WebhookUrl")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let events: Vec<&str> = crate::domain::referral::lookup(&object, "WebhookEvents")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let missing: Vec<&str> = EventName::SUBSCRIBED[..4]
+        .iter()
+        .copied()
+        .filter(|e| !events.contains(e))
+        .collect();
+    let fix = "run `referral-connector webhook register --url <ReferralWebhook URL>`";
+    if !missing.is_empty() {
+        report.fail(
+            "Webhook registration",
+            &format!("missing events {}", missing.join(", ")),
+            fix,
+        )?;
+    } else if let Some(url) = url.filter(|u| *u != registered) {
+        report.fail(
+            "Webhook registration",
+            &format!(
+                "points at {} instead of {}",
+                mask_url(registered),
+                mask_url(url)
+            ),
+            fix,
+        )?;
+    } else {
+        report.pass(
+            "Webhook registration",
+            &format!("{} receives all referral events", mask_url(registered)),
+        )?;
+    }
+    Ok(())
+}
