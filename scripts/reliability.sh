@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Reliability run: 10,000 referral events with duplicates and reorderings through the webhook,
+# a host-like queue and the sync, with 20 % injected faults (429 + Retry-After, 503, timeouts,
+# connection resets) on loopback fakes. Prints counts; exits non-zero on any loss or duplicate.
+#   scripts/reliability.sh [events] [fault-rate] [seed]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+exec cargo run --quiet --release --example reliability -- "$@"
