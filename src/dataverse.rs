@@ -159,10 +159,7 @@ impl DataverseClient {
     }
 
     async fn entity(response: reqwest::Response) -> Result<Lead, CallError> {
-        let body: Map<String, Value> = response
-            .json()
-            .await
-            .map_err(|e| CallError::Decode(crate::http::describe(&e)))?;
+        let body: Map<String, Value> = crate::http::decode(response).await?;
         Lead::from_entity(body).ok_or_else(|| CallError::Decode("the lead has no leadid".into()))
     }
 
@@ -225,13 +222,7 @@ impl DataverseClient {
         let response = self
             .send("WhoAmI", Method::GET, self.api("WhoAmI")?, |r| r)
             .await?;
-        if !response.status().is_success() {
-            return Err(CallError::from_response(response).await.into());
-        }
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|e| CallError::Decode(crate::http::describe(&e)))?;
+        let body: Value = crate::http::json_body(response).await?;
         Ok(body
             .get("UserId")
             .and_then(Value::as_str)
@@ -262,13 +253,7 @@ impl DataverseClient {
         let response = self
             .send("read alternate keys", Method::GET, url, |r| r)
             .await?;
-        if !response.status().is_success() {
-            return Err(CallError::from_response(response).await.into());
-        }
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|e| CallError::Decode(crate::http::describe(&e)))?;
+        let body: Value = crate::http::json_body(response).await?;
         let status = body
             .get("value")
             .and_then(Value::as_array)

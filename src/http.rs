@@ -159,6 +159,22 @@ impl From<reqwest::Error> for CallError {
     }
 }
 
+/// The JSON body of a successful response; any other status becomes a [`CallError`].
+pub async fn json_body<T: serde::de::DeserializeOwned>(response: Response) -> Result<T, CallError> {
+    if !response.status().is_success() {
+        return Err(CallError::from_response(response).await);
+    }
+    decode(response).await
+}
+
+/// A response body decoded as JSON.
+pub async fn decode<T: serde::de::DeserializeOwned>(response: Response) -> Result<T, CallError> {
+    response
+        .json()
+        .await
+        .map_err(|e| CallError::Decode(describe(&e)))
+}
+
 /// Classifies a token error from azure_identity or our refresh-token credential.
 pub fn token_error(error: &azure_core::Error) -> CallError {
     let mut transient = false;

@@ -171,10 +171,7 @@ impl PartnerCenterClient {
                     .get(reqwest::header::ETAG)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let body: Value = response
-                    .json()
-                    .await
-                    .map_err(|e| CallError::Decode(crate::http::describe(&e)))?;
+                let body: Value = crate::http::decode(response).await?;
                 let referral = Referral::from_json(body, etag.as_deref())?;
                 if referral.id() != id {
                     return Err(CallError::Decode(format!(
@@ -253,13 +250,7 @@ impl PartnerCenterClient {
                 |r| r,
             )
             .await?;
-        if !response.status().is_success() {
-            return Err(CallError::from_response(response).await.into());
-        }
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|e| CallError::Decode(crate::http::describe(&e)))?;
+        let body: Value = crate::http::json_body(response).await?;
         let mut page = ReferralPage {
             referrals: Vec::new(),
             invalid: Vec::new(),
@@ -305,10 +296,7 @@ impl PartnerCenterClient {
         match response.status() {
             StatusCode::NOT_FOUND | StatusCode::NO_CONTENT => Ok(None),
             s if s.is_success() => {
-                let body: Value = response
-                    .json()
-                    .await
-                    .map_err(|e| CallError::Decode(crate::http::describe(&e)))?;
+                let body: Value = crate::http::decode(response).await?;
                 Ok((!body.is_null()).then_some(body))
             }
             _ => Err(CallError::from_response(response).await.into()),
@@ -353,13 +341,7 @@ impl PartnerCenterClient {
                 |r| r,
             )
             .await?;
-        if !response.status().is_success() {
-            return Err(CallError::from_response(response).await.into());
-        }
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|e| CallError::Decode(crate::http::describe(&e)))?;
+        let body: Value = crate::http::json_body(response).await?;
         body.get("correlationId")
             .and_then(Value::as_str)
             .map(str::to_owned)
@@ -386,12 +368,6 @@ impl PartnerCenterClient {
                 |r| r,
             )
             .await?;
-        if !response.status().is_success() {
-            return Err(CallError::from_response(response).await.into());
-        }
-        Ok(response
-            .json()
-            .await
-            .map_err(|e| CallError::Decode(crate::http::describe(&e)))?)
+        Ok(crate::http::json_body(response).await?)
     }
 }
