@@ -52,8 +52,9 @@ pub async fn authenticate<'a>(
     if body.len() > MAX_BODY_BYTES {
         return Err(WebhookAuthError::BodyTooLarge);
     }
-    if let Ok(Some(encoding)) = headers.single("content-encoding")
-        && !encoding.trim().eq_ignore_ascii_case("identity")
+    if headers
+        .all("content-encoding")
+        .any(|encoding| !encoding.trim().eq_ignore_ascii_case("identity"))
     {
         return Err(WebhookAuthError::ContentEncoding);
     }
