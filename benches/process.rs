@@ -22,7 +22,11 @@ use testkit::{
 const BODY: &str = r#"{"EventName":"referral-updated","ResourceUri":"https://api.partnercenter.microsoft.com/engagements/v1/referrals/c5fbb3b6-be74-4795-9fb5-4324c73fed37","ResourceName":"referral","AuditUri":null,"ResourceChangeUtcDate":"2026-11-20T10:15:30.1234567+00:00"}"#;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -42,7 +46,8 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 
 /// The binary under test: `HANDLER_BIN` (e.g. the static musl build), else this build's.
 fn binary() -> String {
-    std::env::var("HANDLER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_referral-connector").to_owned())
+    std::env::var("HANDLER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_referral-connector").to_owned())
 }
 
 fn spawn(port: u16, envs: &[(String, String)]) -> Child {
@@ -65,7 +70,9 @@ fn startup(envs: &[(String, String)]) -> Duration {
         if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
             let mut buf = [0u8; 12];
-            if std::io::Read::read_exact(&mut stream, &mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200") {
+            if std::io::Read::read_exact(&mut stream, &mut buf).is_ok()
+                && buf.starts_with(b"HTTP/1.1 200")
+            {
                 break;
             }
         }
@@ -89,10 +96,18 @@ fn webhook_envelope(world: &CertWorld) -> Vec<u8> {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let (fakes, certs) = runtime.block_on(async { (SyncWorld::start().await, CertWorld::start().await) });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (fakes, certs) =
+        runtime.block_on(async { (SyncWorld::start().await, CertWorld::start().await) });
     let bundle = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(bundle.path(), [fakes.root_pem(), certs.pki.root.cert_pem()].concat()).unwrap();
+    std::fs::write(
+        bundle.path(),
+        [fakes.root_pem(), certs.pki.root.cert_pem()].concat(),
+    )
+    .unwrap();
     let mut envs: Vec<(String, String)> = fakes.vars().into_iter().chain(certs.vars()).collect();
     envs.push(("SSL_CERT_FILE".into(), bundle.path().display().to_string()));
 
@@ -118,7 +133,9 @@ fn main() {
     let address = format!("http://127.0.0.1:{port}");
     let (webhooks, syncs) = runtime.block_on(async {
         for i in 0..500 {
-            fakes.partner_center.insert_referral(referral(&format!("00000000-0000-4000-8000-{i:012}")));
+            fakes
+                .partner_center
+                .insert_referral(referral(&format!("00000000-0000-4000-8000-{i:012}")));
         }
         let client = reqwest::Client::new();
         let envelope = Arc::new(webhook_envelope(&certs));
@@ -126,11 +143,21 @@ fn main() {
         let (webhooks, syncs) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let mut tasks = Vec::new();
         for _ in 0..32 {
-            let (client, address, envelope, done, webhooks) =
-                (client.clone(), address.clone(), envelope.clone(), done.clone(), webhooks.clone());
+            let (client, address, envelope, done, webhooks) = (
+                client.clone(),
+                address.clone(),
+                envelope.clone(),
+                done.clone(),
+                webhooks.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 while !done.load(Ordering::Relaxed) {
-                    let r = client.post(format!("{address}/ReferralWebhook")).body(envelope.to_vec()).send().await.unwrap();
+                    let r = client
+                        .post(format!("{address}/ReferralWebhook"))
+                        .body(envelope.to_vec())
+                        .send()
+                        .await
+                        .unwrap();
                     assert_eq!(r.status(), 200);
                     let _ = r.bytes().await;
                     webhooks.fetch_add(1, Ordering::Relaxed);
@@ -138,12 +165,18 @@ fn main() {
             }));
         }
         for w in 0..16u64 {
-            let (client, address, done, syncs) = (client.clone(), address.clone(), done.clone(), syncs.clone());
+            let (client, address, done, syncs) =
+                (client.clone(), address.clone(), done.clone(), syncs.clone());
             tasks.push(tokio::spawn(async move {
                 let mut i = w;
                 while !done.load(Ordering::Relaxed) {
                     let id = format!("00000000-0000-4000-8000-{:012}", i % 500);
-                    let r = client.post(format!("{address}/ReferralSync")).body(queue_envelope(&sync_message(&id), 1)).send().await.unwrap();
+                    let r = client
+                        .post(format!("{address}/ReferralSync"))
+                        .body(queue_envelope(&sync_message(&id), 1))
+                        .send()
+                        .await
+                        .unwrap();
                     assert_eq!(r.status(), 200);
                     let _ = r.bytes().await;
                     syncs.fetch_add(1, Ordering::Relaxed);
@@ -156,15 +189,32 @@ fn main() {
         for t in tasks {
             t.await.unwrap();
         }
-        (webhooks.load(Ordering::Relaxed), syncs.load(Ordering::Relaxed))
+        (
+            webhooks.load(Ordering::Relaxed),
+            syncs.load(Ordering::Relaxed),
+        )
     });
     let peak = rss_kib(child.id(), "VmHWM:");
     child.kill().unwrap();
     child.wait().unwrap();
 
     println!("process benchmark ({})", binary());
-    println!("  start to first successful probe on /: median {:?} (min {:?})  target < 20 ms", median(starts.clone()), starts.iter().min().unwrap());
-    println!("  reference: spawn and wait for /bin/true: median {:?}", median(reference));
-    println!("  resident memory idle (trust store loaded): {:.1} MB  target < 30 MB; reference `sleep`: {:.1} MB", idle as f64 / 1024.0, sleep_rss as f64 / 1024.0);
-    println!("  peak resident memory under 5 s of load ({webhooks} webhook + {syncs} sync invocations, 48 connections): {:.1} MB  target < 64 MB", peak as f64 / 1024.0);
+    println!(
+        "  start to first successful probe on /: median {:?} (min {:?})  target < 20 ms",
+        median(starts.clone()),
+        starts.iter().min().unwrap()
+    );
+    println!(
+        "  reference: spawn and wait for /bin/true: median {:?}",
+        median(reference)
+    );
+    println!(
+        "  resident memory idle (trust store loaded): {:.1} MB  target < 30 MB; reference `sleep`: {:.1} MB",
+        idle as f64 / 1024.0,
+        sleep_rss as f64 / 1024.0
+    );
+    println!(
+        "  peak resident memory under 5 s of load ({webhooks} webhook + {syncs} sync invocations, 48 connections): {:.1} MB  target < 64 MB",
+        peak as f64 / 1024.0
+    );
 }

@@ -92,7 +92,12 @@ async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, Value
 }
 
 /// One queue worker: takes visible messages until the producer is done and the queue drains.
-async fn worker(host: Arc<Host>, client: reqwest::Client, url: String, producing: Arc<AtomicUsize>) {
+async fn worker(
+    host: Arc<Host>,
+    client: reqwest::Client,
+    url: String,
+    producing: Arc<AtomicUsize>,
+) {
     loop {
         let next = {
             let mut queue = host.queue.lock().unwrap();
@@ -101,7 +106,8 @@ async fn worker(host: Arc<Host>, client: reqwest::Client, url: String, producing
             position.and_then(|p| queue.remove(p))
         };
         let Some(mut message) = next else {
-            let idle = host.queue.lock().unwrap().is_empty() && host.in_flight.load(Ordering::SeqCst) == 0;
+            let idle =
+                host.queue.lock().unwrap().is_empty() && host.in_flight.load(Ordering::SeqCst) == 0;
             if idle && producing.load(Ordering::SeqCst) == 0 {
                 return;
             }
@@ -111,7 +117,12 @@ async fn worker(host: Arc<Host>, client: reqwest::Client, url: String, producing
         host.in_flight.fetch_add(1, Ordering::SeqCst);
         message.dequeue_count += 1;
         host.invocations.fetch_add(1, Ordering::Relaxed);
-        let (status, answer) = post(&client, &url, queue_envelope(&message.text, message.dequeue_count)).await;
+        let (status, answer) = post(
+            &client,
+            &url,
+            queue_envelope(&message.text, message.dequeue_count),
+        )
+        .await;
         if (200..300).contains(&status) {
             if let Some(poison) = answer["Outputs"].get("poison") {
                 host.poison.lock().unwrap().push(poison.clone());
@@ -136,13 +147,21 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let events: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let rate: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0.2);
-    let seed: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(20_261_123);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let seed: u64 = args
+        .get(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20_261_123);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let ok = runtime.block_on(async move {
-        tokio::time::timeout(DEADLINE, run(events, rate, seed)).await.unwrap_or_else(|_| {
-            println!("FAIL: the run did not finish within {DEADLINE:?}");
-            false
-        })
+        tokio::time::timeout(DEADLINE, run(events, rate, seed))
+            .await
+            .unwrap_or_else(|_| {
+                println!("FAIL: the run did not finish within {DEADLINE:?}");
+                false
+            })
     });
     std::process::exit(if ok { 0 } else { 1 });
 }
@@ -173,7 +192,15 @@ async fn run(events: usize, rate: f64, seed: u64) -> bool {
     for i in 0..referrals {
         stream_events.push((i, "referral-created", false));
         stream_events.push((i, "referral-updated", false));
-        stream_events.push((i, if rng.next() % 2 == 0 { "referral-created" } else { "related-referral-updated" }, false));
+        stream_events.push((
+            i,
+            if rng.next().is_multiple_of(2) {
+                "referral-created"
+            } else {
+                "related-referral-updated"
+            },
+            false,
+        ));
         stream_events.push((i, "referral-updated", true));
     }
     for i in (1..stream_events.len()).rev() {
@@ -191,27 +218,47 @@ async fn run(events: usize, rate: f64, seed: u64) -> bool {
     fakes.entra.set_random_faults(Some(faults(3)));
 
     let host = Arc::new(Host::default());
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
     let producing = Arc::new(AtomicUsize::new(1));
     let workers: Vec<_> = (0..96)
-        .map(|_| tokio::spawn(worker(host.clone(), client.clone(), format!("{base}/ReferralSync"), producing.clone())))
+        .map(|_| {
+            tokio::spawn(worker(
+                host.clone(),
+                client.clone(),
+                format!("{base}/ReferralSync"),
+                producing.clone(),
+            ))
+        })
         .collect();
 
     let queued = AtomicUsize::new(0);
     let webhook_url = format!("{base}/ReferralWebhook");
     stream::iter(stream_events.iter().enumerate())
         .for_each_concurrent(32, |(n, (i, event, change))| {
-            let (client, host, certs, fakes, webhook_url, queued) = (&client, &host, &certs, &fakes, &webhook_url, &queued);
+            let (client, host, certs, fakes, webhook_url, queued) =
+                (&client, &host, &certs, &fakes, &webhook_url, &queued);
             async move {
                 if *change {
                     let notes = format!("change {n}");
-                    fakes.partner_center.set_referral_field(&id(*i), "/details/notes", json!(notes));
+                    fakes.partner_center.set_referral_field(
+                        &id(*i),
+                        "/details/notes",
+                        json!(notes),
+                    );
                 }
-                let (status, answer) = post(client, webhook_url, webhook_envelope(certs, event, &id(*i))).await;
+                let (status, answer) =
+                    post(client, webhook_url, webhook_envelope(certs, event, &id(*i))).await;
                 assert_eq!(status, 200, "{answer}");
                 assert_eq!(answer["Outputs"]["res"]["statusCode"], 200, "{answer}");
                 let message = answer["Outputs"]["syncQueue"].to_string();
-                host.queue.lock().unwrap().push_back(Message { text: message, dequeue_count: 0, visible_at: Instant::now() });
+                host.queue.lock().unwrap().push_back(Message {
+                    text: message,
+                    dequeue_count: 0,
+                    visible_at: Instant::now(),
+                });
                 queued.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -229,12 +276,21 @@ async fn run(events: usize, rate: f64, seed: u64) -> bool {
     let mut poisoned: HashMap<String, String> = HashMap::new();
     for entry in &poison {
         let reason = entry["error"].as_str().unwrap_or("").to_owned();
-        assert!(!reason.is_empty(), "a poison entry without a reason: {entry}");
-        poisoned.insert(entry["referralId"].as_str().unwrap_or("").to_owned(), reason);
+        assert!(
+            !reason.is_empty(),
+            "a poison entry without a reason: {entry}"
+        );
+        poisoned.insert(
+            entry["referralId"].as_str().unwrap_or("").to_owned(),
+            reason,
+        );
     }
     let mut per_key: HashMap<String, Vec<Value>> = HashMap::new();
     for lead in fakes.dataverse.leads() {
-        per_key.entry(lead[KEY_COLUMN].as_str().unwrap_or("").to_owned()).or_default().push(lead);
+        per_key
+            .entry(lead[KEY_COLUMN].as_str().unwrap_or("").to_owned())
+            .or_default()
+            .push(lead);
     }
     let mapping = Mapping::default();
     let (mut correct, mut in_poison, mut lost, mut duplicates, mut stale) = (0, 0, 0, 0, 0);
@@ -248,11 +304,12 @@ async fn run(events: usize, rate: f64, seed: u64) -> bool {
             continue;
         }
         let consistent = leads.first().is_some_and(|lead| {
-            let r = referral_connector::domain::Referral::from_json(document.clone(), None).unwrap();
+            let r =
+                referral_connector::domain::Referral::from_json(document.clone(), None).unwrap();
             let wanted = mapping.lead_columns(&r, false).unwrap();
-            let columns_ok = wanted
-                .iter()
-                .all(|(k, v)| referral_connector::mapping::same_value(v, lead.get(k).unwrap_or(&Value::Null)));
+            let columns_ok = wanted.iter().all(|(k, v)| {
+                referral_connector::mapping::same_value(v, lead.get(k).unwrap_or(&Value::Null))
+            });
             columns_ok
                 && document["externalReferenceId"] == lead["leadid"]
                 && document["status"] == "Active"
@@ -271,18 +328,44 @@ async fn run(events: usize, rate: f64, seed: u64) -> bool {
         }
     }
     let elapsed = started.elapsed();
-    println!("reliability run: {events} events for {referrals} referrals, fault rate {rate} on Partner Center, Dataverse and the token endpoint, seed {seed}");
-    println!("  webhook callbacks accepted and queued     {}", queued.load(Ordering::Relaxed));
-    println!("  sync invocations                          {}", host.invocations.load(Ordering::Relaxed));
-    println!("  ...answered non-2xx (re-delivered)        {}", host.failed_invocations.load(Ordering::Relaxed));
-    println!("  faults injected: Partner Center {}, Dataverse {}, token endpoint {}",
-        fakes.partner_center.injected_faults(), fakes.dataverse.injected_faults(), fakes.entra.injected_faults());
-    println!("  poison entries                            {} ({} moved by the host, the rest by the handler with a reason)", poison.len(), host.host_poisoned.load(Ordering::Relaxed));
+    println!(
+        "reliability run: {events} events for {referrals} referrals, fault rate {rate} on Partner Center, Dataverse and the token endpoint, seed {seed}"
+    );
+    println!(
+        "  webhook callbacks accepted and queued     {}",
+        queued.load(Ordering::Relaxed)
+    );
+    println!(
+        "  sync invocations                          {}",
+        host.invocations.load(Ordering::Relaxed)
+    );
+    println!(
+        "  ...answered non-2xx (re-delivered)        {}",
+        host.failed_invocations.load(Ordering::Relaxed)
+    );
+    println!(
+        "  faults injected: Partner Center {}, Dataverse {}, token endpoint {}",
+        fakes.partner_center.injected_faults(),
+        fakes.dataverse.injected_faults(),
+        fakes.entra.injected_faults()
+    );
+    println!(
+        "  poison entries                            {} ({} moved by the host, the rest by the handler with a reason)",
+        poison.len(),
+        host.host_poisoned.load(Ordering::Relaxed)
+    );
     println!("  referrals with one correct lead and write-back  {correct}");
     println!("  referrals in poison with a reason               {in_poison}");
     println!("  lost {lost}, stale {stale}, duplicated {duplicates}");
     println!("  elapsed {:.1} s", elapsed.as_secs_f64());
     let ok = lost == 0 && stale == 0 && duplicates == 0 && correct + in_poison == referrals;
-    println!("{}", if ok { "PASS: nothing lost, nothing duplicated" } else { "FAIL" });
+    println!(
+        "{}",
+        if ok {
+            "PASS: nothing lost, nothing duplicated"
+        } else {
+            "FAIL"
+        }
+    );
     ok
 }

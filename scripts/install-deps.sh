@@ -25,6 +25,7 @@ if $want_musl; then
   need_pkg musl-tools
   need_pkg perl
   need_pkg make
+  need_pkg file # scripts/package.sh checks that the binary is statically linked
 fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "installing ${apt_packages[*]}"

@@ -2,6 +2,7 @@
 //! 127.0.0.1 and addressed through the same base-URL settings a user sets, and a test PKI
 //! generated at run time (no private key is ever committed).
 
+pub mod azurite;
 pub mod cert_host;
 pub mod cert_world;
 pub mod fakes;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The end-to-end test (tests/e2e.rs) against a real Azurite, twice: with the debug build of the
+# handler, then with the static musl build from scripts/package.sh (HANDLER_BIN=publish/handler).
+# The system-CA-store check (unshare --mount) needs root; elsewhere set E2E_WITHOUT_CA_STORE_CHECK=1.
+#   scripts/e2e.sh             both
+#   scripts/e2e.sh --debug     only the debug build (no musl build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+static=true
+for arg in "$@"; do
+  case "$arg" in
+    --debug) static=false ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+scripts/install-deps.sh --azurite
+
+echo "== e2e with the debug build"
+start=$(date +%s)
+cargo test --features e2e --test e2e
+echo "== e2e (debug build) took $(( $(date +%s) - start )) s including the build"
+
+if $static; then
+  scripts/package.sh publish
+  echo "== e2e with the static musl build (publish/handler)"
+  start=$(date +%s)
+  HANDLER_BIN="$PWD/publish/handler" cargo test --features e2e --test e2e
+  echo "== e2e (static build) took $(( $(date +%s) - start )) s"
+fi
