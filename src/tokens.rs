@@ -299,3 +299,61 @@ pub fn dataverse_credential(
 pub fn dataverse_scope(url: &Url) -> String {
     format!("{}/.default", url.as_str().trim_end_matches('/'))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::Settings;
+
+    fn dataverse(pairs: &[(&str, &str)]) -> DataverseSettings {
+        let vars: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        Settings::from_vars(&vars).unwrap().dataverse
+    }
+
+    #[test]
+    fn a_client_secret_selects_the_client_secret_credential_else_managed_identity() {
+        let http = reqwest::Client::new();
+        let secret = dataverse(&[
+            ("AZURE_TENANT_ID", "11111111-2222-3333-4444-555555555555"),
+            ("AZURE_CLIENT_ID", "dv-client"),
+            ("AZURE_CLIENT_SECRET", "s3cret"),
+        ]);
+        let credential = dataverse_credential(&secret, http.clone()).unwrap();
+        let debug = format!("{credential:?}");
+        assert!(
+            debug.contains("ClientSecretCredential") && !debug.contains("s3cret"),
+            "{debug}"
+        );
+        let managed = dataverse_credential(
+            &dataverse(&[("AZURE_CLIENT_ID", "mi-client")]),
+            http.clone(),
+        )
+        .unwrap();
+        assert!(
+            format!("{managed:?}").contains("ManagedIdentityCredential"),
+            "{managed:?}"
+        );
+        let missing = dataverse_credential(&dataverse(&[("AZURE_CLIENT_SECRET", "s3cret")]), http)
+            .unwrap_err();
+        assert!(missing.to_string().contains("AZURE_TENANT_ID"), "{missing}");
+    }
+
+    #[test]
+    fn tenant_ids_are_checked_before_they_go_into_a_url() {
+        let authority = Url::parse("https://login.microsoftonline.com").unwrap();
+        assert_eq!(
+            entra_url(&authority, "contoso.onmicrosoft.com", "token")
+                .unwrap()
+                .as_str(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+        for bad in ["", "a/b", "x?y", "../common"] {
+            assert!(entra_url(&authority, bad, "token").is_err(), "{bad}");
+        }
+    }
+}
