@@ -90,19 +90,15 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
     let with_state = warp::any().map(move || state.clone());
-    let invocation_id = warp::header::optional::<String>("x-azure-functions-invocationid");
-    let webhook = warp::post()
-        .and(warp::path!("ReferralWebhook"))
+    let webhook = invocation("ReferralWebhook")
         .and(with_state.clone())
-        .and(invocation_id)
-        .and(warp::body::stream())
-        .then(webhook);
-    let sync = warp::post()
-        .and(warp::path!("ReferralSync"))
-        .and(with_state)
-        .and(invocation_id)
-        .and(warp::body::stream())
-        .then(referral_sync);
+        .then(|span: tracing::Span, envelope, state| webhook(state, envelope).instrument(span));
+    let sync =
+        invocation("ReferralSync")
+            .and(with_state)
+            .then(|span: tracing::Span, envelope, state| {
+                referral_sync(state, envelope).instrument(span)
+            });
     routes::health::route()
         .map(Reply::into_response)
         .or(webhook)
@@ -116,6 +112,31 @@ pub fn routes(
             ))
         })
         .unify()
+}
+
+/// `POST /<function>`: the invocation's span (with the host's invocation id) and its envelope,
+/// read from a chunked body with a cap (`None` when unreadable or too large).
+fn invocation(
+    function: &'static str,
+) -> impl Filter<Extract = (tracing::Span, Option<Bytes>), Error = warp::Rejection> + Clone {
+    warp::post()
+        .and(warp::path(function))
+        .and(warp::path::end())
+        .and(warp::header::optional::<String>(
+            "x-azure-functions-invocationid",
+        ))
+        .and(warp::body::stream())
+        .then(move |invocation_id: Option<String>, body| async move {
+            let span = tracing::info_span!(
+                "invocation",
+                function,
+                invocation_id = invocation_id.as_deref().unwrap_or("-"),
+                referral_id = tracing::field::Empty,
+                dequeue_count = tracing::field::Empty,
+            );
+            (span, read_capped(body).await)
+        })
+        .untuple_one()
 }
 
 fn json_reply(status: StatusCode, response: &InvokeResponse) -> warp::reply::Response {
@@ -145,65 +166,28 @@ where
     Some(Bytes::from(out))
 }
 
-fn invocation_span(function: &'static str, invocation_id: Option<String>) -> tracing::Span {
-    tracing::info_span!(
-        "invocation",
-        function,
-        invocation_id = invocation_id.as_deref().unwrap_or("-"),
-        referral_id = tracing::field::Empty,
-        dequeue_count = tracing::field::Empty,
-    )
+async fn webhook(state: Arc<AppState>, envelope: Option<Bytes>) -> warp::reply::Response {
+    let Some(envelope) = envelope else {
+        tracing::warn!("invocation body unreadable or too large");
+        let response = InvokeResponse::default().output(
+            "res",
+            HttpResponseOutput::json(413, &serde_json::json!({"error": "payload_too_large"})),
+        );
+        return json_reply(StatusCode::OK, &response);
+    };
+    let outcome =
+        routes::webhook::process(&state.certs, &envelope, OffsetDateTime::now_utc()).await;
+    json_reply(StatusCode::OK, &routes::webhook::respond(&outcome))
 }
 
-async fn webhook<S, B>(
-    state: Arc<AppState>,
-    invocation_id: Option<String>,
-    body: S,
-) -> warp::reply::Response
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    let span = invocation_span("ReferralWebhook", invocation_id);
-    async move {
-        let Some(envelope) = read_capped(body).await else {
-            tracing::warn!("invocation body unreadable or too large");
-            let response = InvokeResponse::default().output(
-                "res",
-                HttpResponseOutput::json(413, &serde_json::json!({"error": "payload_too_large"})),
-            );
-            return json_reply(StatusCode::OK, &response);
-        };
-        let outcome =
-            routes::webhook::process(&state.certs, &envelope, OffsetDateTime::now_utc()).await;
-        json_reply(StatusCode::OK, &routes::webhook::respond(&outcome))
-    }
-    .instrument(span)
-    .await
-}
-
-async fn referral_sync<S, B>(
-    state: Arc<AppState>,
-    invocation_id: Option<String>,
-    body: S,
-) -> warp::reply::Response
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    let span = invocation_span("ReferralSync", invocation_id);
-    async move {
-        let envelope = read_capped(body).await.unwrap_or_default();
-        let syncer = state.syncer.as_ref().map_err(String::as_str);
-        let answer =
-            routes::referral_sync::handle(syncer, state.max_dequeue_count, &envelope).await;
-        let status = if answer.success {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        json_reply(status, &answer.response)
-    }
-    .instrument(span)
-    .await
+async fn referral_sync(state: Arc<AppState>, envelope: Option<Bytes>) -> warp::reply::Response {
+    let envelope = envelope.unwrap_or_default();
+    let syncer = state.syncer.as_ref().map_err(String::as_str);
+    let answer = routes::referral_sync::handle(syncer, state.max_dequeue_count, &envelope).await;
+    let status = if answer.success {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_reply(status, &answer.response)
 }

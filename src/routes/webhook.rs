@@ -57,13 +57,23 @@ impl WebhookError {
         }
     }
 
-    /// The short body for the caller: no internals.
-    pub fn public_body(&self) -> Value {
+    /// The short reason for the caller: no internals.
+    pub fn public_reason(&self) -> String {
         match self {
-            Self::Auth(e) => json!({"error": "unauthorized", "reason": e.public_reason()}),
-            Self::Envelope(_) => json!({"error": "bad_request", "reason": "malformed request"}),
-            Self::Event(e) => json!({"error": "bad_request", "reason": e.to_string()}),
+            Self::Auth(e) => e.public_reason().to_owned(),
+            Self::Envelope(_) => "malformed request".to_owned(),
+            Self::Event(e) => e.to_string(),
         }
+    }
+
+    /// The body for the caller.
+    pub fn public_body(&self) -> Value {
+        let error = if matches!(self, Self::Auth(_)) {
+            "unauthorized"
+        } else {
+            "bad_request"
+        };
+        json!({"error": error, "reason": self.public_reason()})
     }
 }
 
@@ -144,15 +154,8 @@ pub fn respond(outcome: &Result<Accepted, WebhookError>) -> InvokeResponse {
                 .log(format!(
                     "refused callback ({}): {}",
                     error.status(),
-                    public_reason(error)
+                    error.public_reason()
                 ))
         }
     }
-}
-
-fn public_reason(error: &WebhookError) -> String {
-    error.public_body()["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
