@@ -27,6 +27,10 @@ if $want_musl; then
   need_pkg make
   need_pkg file # scripts/package.sh checks that the binary is statically linked
 fi
+if $want_azurite && ! command -v npm >/dev/null; then
+  need_pkg nodejs # Azurite is pure JavaScript; Node.js 18 or 20 runs it
+  need_pkg npm
+fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "installing ${apt_packages[*]}"
   SUDO=""
@@ -43,7 +47,6 @@ if $want_azurite; then
   AZURITE_VERSION=3.35.0
   if [ ! -x .azurite/node_modules/.bin/azurite ] ||
      ! grep -q "\"version\": \"$AZURITE_VERSION\"" .azurite/node_modules/azurite/package.json 2>/dev/null; then
-    command -v npm >/dev/null || { echo "npm is missing: install Node.js 20 (apt-get install nodejs npm)" >&2; exit 1; }
     mkdir -p .azurite
     npm install --prefix .azurite --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null
   fi
