@@ -30,23 +30,37 @@ pub const DEFAULT_REFERRAL_KEY_COLUMN: &str = "new_partnercenterreferralid";
 pub enum ConfigError {
     /// A value that does not parse.
     #[error("setting {name} is invalid: {reason}")]
-    Invalid { name: &'static str, reason: String },
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong, with a valid example.
+        reason: String,
+    },
     /// A setting a feature needs but that is not set.
     #[error("setting {name} is not set: {hint}")]
     Missing {
+        /// The setting.
         name: &'static str,
+        /// How to set it.
         hint: &'static str,
     },
     /// The mapping file named by `REFERRAL_MAPPING_FILE` is unusable.
     #[error("REFERRAL_MAPPING_FILE {path}: {source}")]
     Mapping {
+        /// The file.
         path: String,
+        /// What is wrong, naming the field.
         #[source]
         source: MappingError,
     },
     /// The `--settings` file cannot be read.
     #[error("settings file {path}: {reason}")]
-    File { path: String, reason: String },
+    File {
+        /// The file.
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
 }
 
 /// All settings of the connector.

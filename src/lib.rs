@@ -2,6 +2,7 @@
 //! referral into exactly one up-to-date Dynamics 365 lead and writes the lead's id and state
 //! back to the referral, plus the operator commands that set it up and recover from gaps.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod cli;
 pub mod config;
