@@ -271,11 +271,21 @@ impl Settings {
             client_secret: get("AZURE_CLIENT_SECRET").map(Secret::new),
         };
 
-        let mapping = match get("REFERRAL_MAPPING_FILE") {
+        let mut mapping = match get("REFERRAL_MAPPING_FILE") {
             Some(path) => Mapping::from_file(std::path::Path::new(&path))
                 .map_err(|source| ConfigError::Mapping { path, source })?,
             None => Mapping::default(),
         };
+        mapping.set_accept_new(match get("REFERRAL_ACCEPT_NEW").as_deref() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "REFERRAL_ACCEPT_NEW",
+                    reason: format!("`{other}` is not true or false (default true)"),
+                });
+            }
+        });
         let sync = SyncSettings {
             mapping,
             max_dequeue_count: parse_number(
@@ -540,6 +550,23 @@ mod tests {
         let err =
             Settings::from_vars(&vars(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "http")])).unwrap_err();
         assert!(err.to_string().contains("FUNCTIONS_CUSTOMHANDLER_PORT"));
+    }
+
+    #[test]
+    fn auto_accept_is_on_by_default_and_can_be_turned_off() {
+        let accepts = |s: Settings| {
+            s.sync.mapping != {
+                let mut m = Mapping::default();
+                m.set_accept_new(false);
+                m
+            }
+        };
+        assert!(accepts(Settings::from_vars(&HashMap::new()).unwrap()));
+        assert!(!accepts(
+            Settings::from_vars(&vars(&[("REFERRAL_ACCEPT_NEW", "false")])).unwrap()
+        ));
+        let err = Settings::from_vars(&vars(&[("REFERRAL_ACCEPT_NEW", "no")])).unwrap_err();
+        assert!(err.to_string().contains("REFERRAL_ACCEPT_NEW"));
     }
 
     #[test]

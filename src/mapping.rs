@@ -224,6 +224,7 @@ pub struct ColumnRule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mapping {
     rules: Vec<ColumnRule>,
+    accept_new: bool,
 }
 
 /// A mapping file problem, naming the field.
@@ -327,11 +328,20 @@ impl Default for Mapping {
             direction: Direction::OnCreate,
             kind: ColumnKind::Integer,
         });
-        Self { rules }
+        Self {
+            rules,
+            accept_new: true,
+        }
     }
 }
 
 impl Mapping {
+    /// Whether a new incoming referral is accepted once its lead exists
+    /// (`REFERRAL_ACCEPT_NEW`, default true).
+    pub fn set_accept_new(&mut self, accept_new: bool) {
+        self.accept_new = accept_new;
+    }
+
     /// The rules, in order.
     pub fn rules(&self) -> &[ColumnRule] {
         &self.rules
@@ -381,7 +391,10 @@ impl Mapping {
             ));
         };
         let mut mapping = if replace {
-            Self { rules: Vec::new() }
+            Self {
+                rules: Vec::new(),
+                accept_new: true,
+            }
         } else {
             Self::default()
         };
@@ -548,7 +561,7 @@ impl Mapping {
                 Value::from(lead.lead_id.clone()),
             ));
         }
-        if let Some(change) = status_change(referral, lead) {
+        if let Some(change) = status_change(referral, lead, self.accept_new) {
             ops.push(PatchOp::set(document, "status", Value::from(change.status)));
             ops.push(PatchOp::set(
                 document,
@@ -953,16 +966,20 @@ pub struct StatusChange {
 /// |---|---|---|
 /// | Open or Qualified | Active / Accepted | — |
 /// | Disqualified | Closed / Lost + reason | Closed / Lost + reason |
-pub fn status_change(referral: &Referral, lead: &Lead) -> Option<StatusChange> {
+///
+/// With `accept_new` false a New referral is left for a person to accept in Partner Center.
+pub fn status_change(referral: &Referral, lead: &Lead, accept_new: bool) -> Option<StatusChange> {
     if !referral.is_incoming() {
         return None;
     }
     match (referral.status(), lead.state) {
-        (ReferralStatus::New, LeadState::Open | LeadState::Qualified) => Some(StatusChange {
-            status: "Active",
-            substatus: "Accepted",
-            reason: None,
-        }),
+        (ReferralStatus::New, LeadState::Open | LeadState::Qualified) if accept_new => {
+            Some(StatusChange {
+                status: "Active",
+                substatus: "Accepted",
+                reason: None,
+            })
+        }
         (ReferralStatus::New | ReferralStatus::Active, LeadState::Disqualified) => {
             Some(StatusChange {
                 status: "Closed",
@@ -1152,7 +1169,7 @@ mod tests {
         ];
         for (status, state, code, expected) in cases {
             let r = referral(json!({"status": status}));
-            let got = status_change(&r, &lead(state, code, json!({})));
+            let got = status_change(&r, &lead(state, code, json!({})), true);
             let expected =
                 expected.map(
                     |(s, sub, reason): (&str, &str, Option<&str>)| StatusChange {
@@ -1169,8 +1186,35 @@ mod tests {
         }
         let outgoing = referral(json!({"direction": "Outgoing"}));
         assert_eq!(
-            status_change(&outgoing, &lead(LeadState::Open, None, json!({}))),
+            status_change(&outgoing, &lead(LeadState::Open, None, json!({})), true),
             None
+        );
+    }
+
+    #[test]
+    fn without_auto_accept_a_new_referral_only_learns_the_lead_id() {
+        let mut m = Mapping::default();
+        m.set_accept_new(false);
+        let r = referral(json!({}));
+        let WriteBack::Patch(ops) = m
+            .plan_writeback(&r, &lead(LeadState::Open, Some(1), json!({})))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::to_value(ops).unwrap(),
+            json!([{"op": "add", "path": "/externalReferenceId", "value": LEAD}])
+        );
+        let WriteBack::Patch(ops) = m
+            .plan_writeback(&r, &lead(LeadState::Disqualified, Some(4), json!({})))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            ops[1].value, "Closed",
+            "a disqualified lead still closes the referral"
         );
     }
 
