@@ -21,14 +21,6 @@ use testkit::{
 
 const BODY: &str = r#"{"EventName":"referral-updated","ResourceUri":"https://api.partnercenter.microsoft.com/engagements/v1/referrals/c5fbb3b6-be74-4795-9fb5-4324c73fed37","ResourceName":"referral","AuditUri":null,"ResourceChangeUtcDate":"2026-11-20T10:15:30.1234567+00:00"}"#;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -63,7 +55,7 @@ fn spawn(port: u16, envs: &[(String, String)]) -> Child {
 
 /// Start → first answer on `/`, probing every 1 ms like an impatient host.
 fn startup(envs: &[(String, String)]) -> Duration {
-    let port = free_port();
+    let port = testkit::free_port();
     let started = Instant::now();
     let mut child = spawn(port, envs);
     loop {
@@ -120,7 +112,7 @@ fn main() {
         })
         .collect();
 
-    let port = free_port();
+    let port = testkit::free_port();
     let mut child = spawn(port, &envs);
     std::thread::sleep(Duration::from_millis(1500));
     let idle = rss_kib(child.id(), "VmRSS:");

@@ -65,14 +65,6 @@ fn queue_options() -> QueueOptions {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The handler binary under test: `HANDLER_BIN` (e.g. the static musl build) or this build.
 fn handler_bin() -> String {
     std::env::var("HANDLER_BIN")
@@ -96,7 +88,7 @@ impl Handler {
 
     /// Starts `program args…` (the handler itself, or a wrapper that execs it).
     async fn start_with(program: &str, args: &[&str], envs: &HashMap<String, String>) -> Self {
-        let port = free_port();
+        let port = testkit::free_port();
         let mut child = tokio::process::Command::new(program)
             .args(args)
             .env_clear()

@@ -3,7 +3,7 @@
 //! for the development account, signed with SharedKey exactly as the Azure SDKs sign.
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -38,13 +38,6 @@ pub fn azurite_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.azurite/node_modules/.bin/azurite")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("pick a free port")
-}
-
 impl Azurite {
     /// Starts Azurite with in-memory data on three free ports and waits until the queue
     /// service answers (at most 30 s).
@@ -60,7 +53,8 @@ impl Azurite {
             bin.display()
         );
         let data = tempfile::tempdir().expect("temp dir");
-        let (blob_port, queue_port, table_port) = (free_port(), free_port(), free_port());
+        let (blob_port, queue_port, table_port) =
+            (crate::free_port(), crate::free_port(), crate::free_port());
         let mut child = Command::new(&bin)
             .arg("--silent")
             .arg("--skipApiVersionCheck")

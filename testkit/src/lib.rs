@@ -9,3 +9,11 @@ pub mod fakes;
 pub mod pki;
 pub mod sync_world;
 pub mod tls;
+
+/// A port on 127.0.0.1 that was free a moment ago (for processes that bind it themselves).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}

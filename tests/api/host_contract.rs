@@ -10,14 +10,6 @@ use tokio::io::AsyncReadExt;
 
 use crate::helpers::{CertWorld, REFERRAL_ID, callback_body, http_envelope, invoke};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Handler {
     child: tokio::process::Child,
     address: String,
@@ -25,7 +17,7 @@ struct Handler {
 }
 
 async fn start(args: &[&str], envs: &[(String, String)]) -> Handler {
-    let port = free_port();
+    let port = testkit::free_port();
     let started = Instant::now();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_referral-connector"))
         .args(args)
@@ -202,7 +194,10 @@ async fn serve_subcommand_is_the_same_as_no_arguments() {
 #[tokio::test]
 async fn a_bad_setting_stops_the_process_with_a_message_naming_it() {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_referral-connector"))
-        .env("FUNCTIONS_CUSTOMHANDLER_PORT", free_port().to_string())
+        .env(
+            "FUNCTIONS_CUSTOMHANDLER_PORT",
+            testkit::free_port().to_string(),
+        )
         .env("DATAVERSE_URL", "http://contoso.crm.dynamics.com")
         .output()
         .await
