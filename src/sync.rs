@@ -245,7 +245,7 @@ impl Syncer {
         self.run(id, false).await
     }
 
-    #[tracing::instrument(skip_all, fields(referral_id = %id, write))]
+    #[tracing::instrument(skip_all, fields(referral_id = %id, write = write))]
     async fn run(&self, id: &ReferralId, write: bool) -> Result<SyncReport, SyncError> {
         let select = self.mapping.select_columns();
         let returned = self.mapping.writeback_columns();
