@@ -53,6 +53,18 @@ pub enum ConfigError {
         #[source]
         source: MappingError,
     },
+    /// A setting whose value is still an App Service Key Vault reference: the platform could
+    /// not read the secret and passed the reference text through.
+    #[error(
+        "setting {name} holds an unresolved Key Vault reference, so the platform could not read the secret. \
+         In Azure: give the Function App's managed identity read access to it (role Key Vault Secrets User \
+         on the vault, or a `get` secret access policy), check the reference's status under the app's \
+         Environment variables, then restart the app. In local.settings.json put the value itself"
+    )]
+    UnresolvedReference {
+        /// The setting.
+        name: &'static str,
+    },
     /// The `--settings` file cannot be read.
     #[error("settings file {path}: {reason}")]
     File {
@@ -112,6 +124,8 @@ pub struct PartnerCenterSettings {
     pub client_secret: Option<Secret>,
     /// Refresh token of the Referrals Admin user (`PARTNER_CENTER_REFRESH_TOKEN`).
     pub refresh_token: Option<Secret>,
+    /// The first of these secrets that holds an unresolved Key Vault reference.
+    pub unresolved_secret: Option<&'static str>,
 }
 
 /// Dataverse environment and credential.
@@ -129,6 +143,8 @@ pub struct DataverseSettings {
     pub client_id: Option<String>,
     /// `AZURE_CLIENT_SECRET`; when absent, managed identity is used.
     pub client_secret: Option<Secret>,
+    /// `AZURE_CLIENT_SECRET` when it holds an unresolved Key Vault reference.
+    pub unresolved_secret: Option<&'static str>,
 }
 
 /// Queue processing behaviour.
@@ -187,13 +203,25 @@ impl Settings {
 
     /// Settings from a map of variable names to values (what tests use).
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| {
-            vars.get(name)
-                .map(|v| v.trim())
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
+        let raw = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        // A plain setting that still holds a Key Vault reference stops the start like any bad
+        // value; a secret does not (the webhook needs none): the features that use it say why.
+        let get = |name: &'static str| match raw(name) {
+            Some(v) if is_key_vault_reference(v) => Err(ConfigError::UnresolvedReference { name }),
+            v => Ok(v.map(str::to_owned)),
         };
-        let port = match get("FUNCTIONS_CUSTOMHANDLER_PORT") {
+        let secret = |name: &str| {
+            raw(name)
+                .filter(|v| !is_key_vault_reference(v))
+                .map(|v| Secret::new(v.to_owned()))
+        };
+        let unresolved = |names: &[&'static str]| {
+            names
+                .iter()
+                .copied()
+                .find(|name| raw(name).is_some_and(is_key_vault_reference))
+        };
+        let port = match get("FUNCTIONS_CUSTOMHANDLER_PORT")? {
             Some(v) => v.parse::<u16>().map_err(|_| ConfigError::Invalid {
                 name: "FUNCTIONS_CUSTOMHANDLER_PORT",
                 reason: format!("`{v}` is not a port number (0-65535)"),
@@ -201,14 +229,14 @@ impl Settings {
             None => 0,
         };
 
-        let cert_url_prefixes = match get("WEBHOOK_CERT_URL_PREFIXES") {
+        let cert_url_prefixes = match get("WEBHOOK_CERT_URL_PREFIXES")? {
             Some(v) => parse_prefixes(&v)?,
             None => vec![DEFAULT_CERT_URL_PREFIX.to_owned()],
         };
         let webhook = WebhookSettings {
             cert_url_prefixes,
-            trusted_ca_file: get("WEBHOOK_TRUSTED_CA_FILE").map(PathBuf::from),
-            cert_organization: get("WEBHOOK_CERT_ORGANIZATION")
+            trusted_ca_file: get("WEBHOOK_TRUSTED_CA_FILE")?.map(PathBuf::from),
+            cert_organization: get("WEBHOOK_CERT_ORGANIZATION")?
                 .unwrap_or_else(|| DEFAULT_CERT_ORGANIZATION.to_owned()),
             fetch_timeout: Duration::from_secs(5),
             max_cert_bytes: 64 * 1024,
@@ -227,32 +255,36 @@ impl Settings {
 
         let authority_host = parse_base_url(
             "AZURE_AUTHORITY_HOST",
-            get("AZURE_AUTHORITY_HOST").as_deref(),
+            get("AZURE_AUTHORITY_HOST")?.as_deref(),
             DEFAULT_AUTHORITY_HOST,
         )?;
         let partner_center = PartnerCenterSettings {
             api_url: parse_base_url(
                 "PARTNER_CENTER_API_URL",
-                get("PARTNER_CENTER_API_URL").as_deref(),
+                get("PARTNER_CENTER_API_URL")?.as_deref(),
                 DEFAULT_PARTNER_CENTER_API_URL,
             )?,
             webhook_api_url: parse_base_url(
                 "PARTNER_CENTER_WEBHOOK_API_URL",
-                get("PARTNER_CENTER_WEBHOOK_API_URL").as_deref(),
+                get("PARTNER_CENTER_WEBHOOK_API_URL")?.as_deref(),
                 DEFAULT_PARTNER_CENTER_WEBHOOK_API_URL,
             )?,
             authority_host: authority_host.clone(),
-            tenant_id: get("PARTNER_CENTER_TENANT_ID"),
-            client_id: get("PARTNER_CENTER_CLIENT_ID"),
-            client_secret: get("PARTNER_CENTER_CLIENT_SECRET").map(Secret::new),
-            refresh_token: get("PARTNER_CENTER_REFRESH_TOKEN").map(Secret::new),
+            tenant_id: get("PARTNER_CENTER_TENANT_ID")?,
+            client_id: get("PARTNER_CENTER_CLIENT_ID")?,
+            client_secret: secret("PARTNER_CENTER_CLIENT_SECRET"),
+            refresh_token: secret("PARTNER_CENTER_REFRESH_TOKEN"),
+            unresolved_secret: unresolved(&[
+                "PARTNER_CENTER_CLIENT_SECRET",
+                "PARTNER_CENTER_REFRESH_TOKEN",
+            ]),
         };
 
-        let dataverse_url = match get("DATAVERSE_URL") {
+        let dataverse_url = match get("DATAVERSE_URL")? {
             Some(v) => Some(parse_base_url("DATAVERSE_URL", Some(&v), "")?),
             None => None,
         };
-        let key_column = get("DATAVERSE_REFERRAL_KEY_COLUMN")
+        let key_column = get("DATAVERSE_REFERRAL_KEY_COLUMN")?
             .unwrap_or_else(|| DEFAULT_REFERRAL_KEY_COLUMN.to_owned());
         if !is_logical_name(&key_column) {
             return Err(ConfigError::Invalid {
@@ -266,17 +298,18 @@ impl Settings {
             url: dataverse_url,
             key_column,
             authority_host,
-            tenant_id: get("AZURE_TENANT_ID"),
-            client_id: get("AZURE_CLIENT_ID"),
-            client_secret: get("AZURE_CLIENT_SECRET").map(Secret::new),
+            tenant_id: get("AZURE_TENANT_ID")?,
+            client_id: get("AZURE_CLIENT_ID")?,
+            client_secret: secret("AZURE_CLIENT_SECRET"),
+            unresolved_secret: unresolved(&["AZURE_CLIENT_SECRET"]),
         };
 
-        let mut mapping = match get("REFERRAL_MAPPING_FILE") {
+        let mut mapping = match get("REFERRAL_MAPPING_FILE")? {
             Some(path) => Mapping::from_file(std::path::Path::new(&path))
                 .map_err(|source| ConfigError::Mapping { path, source })?,
             None => Mapping::default(),
         };
-        mapping.set_accept_new(match get("REFERRAL_ACCEPT_NEW").as_deref() {
+        mapping.set_accept_new(match get("REFERRAL_ACCEPT_NEW")?.as_deref() {
             None | Some("true") => true,
             Some("false") => false,
             Some(other) => {
@@ -290,13 +323,13 @@ impl Settings {
             mapping,
             max_dequeue_count: parse_number(
                 "SYNC_MAX_DEQUEUE_COUNT",
-                get("SYNC_MAX_DEQUEUE_COUNT"),
+                get("SYNC_MAX_DEQUEUE_COUNT")?,
                 5,
                 1..=100,
             )?,
             retry_budget: Duration::from_secs(parse_number(
                 "SYNC_RETRY_BUDGET_SECONDS",
-                get("SYNC_RETRY_BUDGET_SECONDS"),
+                get("SYNC_RETRY_BUDGET_SECONDS")?,
                 20,
                 0..=240,
             )?),
@@ -306,7 +339,7 @@ impl Settings {
         let http = HttpSettings {
             timeout: Duration::from_secs(parse_number(
                 "OUTBOUND_TIMEOUT_SECONDS",
-                get("OUTBOUND_TIMEOUT_SECONDS"),
+                get("OUTBOUND_TIMEOUT_SECONDS")?,
                 15,
                 1..=120,
             )?),
@@ -440,6 +473,13 @@ where
     }
 }
 
+/// App Service passes a Key Vault reference through unchanged when it cannot resolve it.
+fn is_key_vault_reference(value: &str) -> bool {
+    value
+        .get(.."@Microsoft.KeyVault(".len())
+        .is_some_and(|p| p.eq_ignore_ascii_case("@Microsoft.KeyVault("))
+}
+
 /// Dataverse logical names: lowercase ASCII letters, digits and underscores, starting with a letter.
 pub fn is_logical_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -449,8 +489,14 @@ pub fn is_logical_name(name: &str) -> bool {
 }
 
 impl PartnerCenterSettings {
-    /// The pieces the delegated token needs, or the first missing setting.
+    /// Fails when one of its secrets holds an unresolved Key Vault reference.
+    pub fn secrets_resolved(&self) -> Result<(), ConfigError> {
+        resolved(self.unresolved_secret)
+    }
+
+    /// The pieces the delegated token needs, or the first missing or unresolved setting.
     pub fn credentials(&self) -> Result<(&str, &str, &Secret), ConfigError> {
+        self.secrets_resolved()?;
         let tenant = self.tenant_id.as_deref().ok_or(ConfigError::Missing {
             name: "PARTNER_CENTER_TENANT_ID",
             hint: "set it to the partner tenant id (a GUID or domain)",
@@ -467,7 +513,19 @@ impl PartnerCenterSettings {
     }
 }
 
+fn resolved(unresolved_secret: Option<&'static str>) -> Result<(), ConfigError> {
+    match unresolved_secret {
+        Some(name) => Err(ConfigError::UnresolvedReference { name }),
+        None => Ok(()),
+    }
+}
+
 impl DataverseSettings {
+    /// Fails when `AZURE_CLIENT_SECRET` holds an unresolved Key Vault reference.
+    pub fn secrets_resolved(&self) -> Result<(), ConfigError> {
+        resolved(self.unresolved_secret)
+    }
+
     /// The environment URL, or an error saying how to set it.
     pub fn require_url(&self) -> Result<&Url, ConfigError> {
         self.url.as_ref().ok_or(ConfigError::Missing {
@@ -622,6 +680,49 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("Values")
+        );
+    }
+
+    #[test]
+    fn unresolved_key_vault_references_name_the_setting_and_the_fix() {
+        let reference = "@Microsoft.KeyVault(VaultName=kv;SecretName=s)";
+        let s = Settings::from_vars(&vars(&[
+            ("PARTNER_CENTER_TENANT_ID", "contoso.onmicrosoft.com"),
+            ("PARTNER_CENTER_CLIENT_ID", "client"),
+            ("PARTNER_CENTER_REFRESH_TOKEN", reference),
+            (
+                "AZURE_CLIENT_SECRET",
+                "@microsoft.keyvault(SecretUri=https://kv.vault.azure.net/secrets/s/)",
+            ),
+        ]))
+        .expect("an unresolved secret does not stop the start");
+        assert!(s.partner_center.refresh_token.is_none());
+        let err = s.partner_center.credentials().unwrap_err().to_string();
+        assert!(
+            err.contains("PARTNER_CENTER_REFRESH_TOKEN holds an unresolved Key Vault reference"),
+            "{err}"
+        );
+        assert!(err.contains("Key Vault Secrets User"), "{err}");
+        assert!(
+            s.dataverse.client_secret.is_none(),
+            "never managed identity by accident"
+        );
+        let err = s.dataverse.secrets_resolved().unwrap_err().to_string();
+        assert!(err.contains("AZURE_CLIENT_SECRET"), "{err}");
+
+        let plain = Settings::from_vars(&vars(&[("PARTNER_CENTER_REFRESH_TOKEN", "rt")])).unwrap();
+        assert!(plain.partner_center.secrets_resolved().is_ok());
+        assert!(plain.dataverse.secrets_resolved().is_ok());
+
+        let err = Settings::from_vars(&vars(&[("DATAVERSE_URL", reference)])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::UnresolvedReference {
+                    name: "DATAVERSE_URL"
+                }
+            ),
+            "a plain setting stops the start: {err}"
         );
     }
 

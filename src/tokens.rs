@@ -248,6 +248,7 @@ pub fn dataverse_credential(
     settings: &DataverseSettings,
     client: reqwest::Client,
 ) -> Result<Arc<dyn TokenCredential>, ConfigError> {
+    settings.secrets_resolved()?;
     let mut custom = CustomConfiguration::default();
     custom.authority_host = settings
         .authority_host

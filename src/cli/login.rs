@@ -7,7 +7,7 @@ use azure_core::credentials::TokenCredential;
 use serde::Deserialize;
 
 use crate::{
-    config::Settings,
+    config::{ConfigError, Settings},
     tokens::{
         EntraError, PARTNER_CENTER_SCOPE, PARTNER_CENTER_WEBHOOK_SCOPE, RefreshTokenCredential,
         TokenResponse, entra_url, post_form,
@@ -45,6 +45,10 @@ pub async fn run(
         );
     }
     let pc = &settings.partner_center;
+    // The refresh token is what this command replaces; the client secret must be usable.
+    if let Some(name @ "PARTNER_CENTER_CLIENT_SECRET") = pc.unresolved_secret {
+        return Err(ConfigError::UnresolvedReference { name }.into());
+    }
     let tenant = pc.tenant_id.as_deref().ok_or_else(|| {
         anyhow::anyhow!(
             "PARTNER_CENTER_TENANT_ID is not set: set it to the partner tenant id or domain"
@@ -110,6 +114,7 @@ pub async fn run(
 
     let mut check = settings.partner_center.clone();
     check.refresh_token = Some(azure_core::credentials::Secret::new(refresh_token.clone()));
+    check.unresolved_secret = None;
     let credential = RefreshTokenCredential::new(&check, http)?;
     let webhook_scope_ok = credential
         .get_token(&[PARTNER_CENTER_WEBHOOK_SCOPE], None)

@@ -440,6 +440,33 @@ async fn tokens_are_cached_and_shared_across_invocations() {
 }
 
 #[tokio::test]
+async fn an_unresolved_key_vault_reference_is_retried_then_poisoned_naming_the_setting() {
+    // App Service passes the reference text through when it cannot read the secret.
+    let reference = "@Microsoft.KeyVault(VaultName=kv-referrals;SecretName=pc-refresh-token)";
+    let w = world_with(&[("PARTNER_CENTER_REFRESH_TOKEN", reference)]).await;
+    w.fakes
+        .partner_center
+        .insert_referral(referral(REFERRAL_ID));
+    let (status, _) = w.sync(REFERRAL_ID, 1).await;
+    assert_eq!(status, 503, "retried: the secret may become readable");
+    let (status, answer) = w.sync(REFERRAL_ID, 5).await;
+    assert_eq!(status, 200);
+    let error = answer["Outputs"]["poison"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("PARTNER_CENTER_REFRESH_TOKEN")
+            && error.contains("unresolved Key Vault reference")
+            && error.contains("Key Vault Secrets User"),
+        "{error}"
+    );
+    assert_eq!(
+        w.fakes.entra.requests().len() + w.requests(),
+        0,
+        "the reference text is never sent anywhere as a token"
+    );
+    assert!(w.fakes.dataverse.lead(REFERRAL_ID).is_none());
+}
+
+#[tokio::test]
 async fn a_token_endpoint_outage_is_transient_and_a_revoked_refresh_token_is_permanent() {
     let w = world_with(&[("SYNC_RETRY_BUDGET_SECONDS", "0")]).await;
     w.fakes
