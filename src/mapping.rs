@@ -6,7 +6,10 @@ use std::{fmt, path::Path};
 
 use serde_json::{Map, Value};
 
-use crate::domain::{Lead, LeadState, Referral, ReferralStatus};
+use crate::domain::{
+    Lead, LeadState, Referral, ReferralStatus,
+    referral::{lookup, lookup_entry},
+};
 
 /// Which way a column flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,10 +160,8 @@ impl FieldPath {
         let mut current: Option<&Value> = None;
         for (i, segment) in self.segments.iter().enumerate() {
             current = match (i, segment, current) {
-                (0, Segment::Key(k), _) => crate::domain::referral::lookup(document, k),
-                (_, Segment::Key(k), Some(Value::Object(o))) => {
-                    crate::domain::referral::lookup(o, k)
-                }
+                (0, Segment::Key(k), _) => lookup(document, k),
+                (_, Segment::Key(k), Some(Value::Object(o))) => lookup(o, k),
                 (_, Segment::Index(n), Some(Value::Array(a))) => a.get(*n),
                 _ => None,
             };
@@ -171,17 +172,18 @@ impl FieldPath {
 
     /// The RFC 6901 pointer, when the path has no array index.
     pub fn pointer(&self) -> Option<String> {
-        let mut out = String::new();
-        for segment in &self.segments {
-            match segment {
-                Segment::Key(k) => {
-                    out.push('/');
-                    out.push_str(k);
-                }
-                Segment::Index(_) => return None,
-            }
-        }
-        Some(out)
+        Some(self.keys()?.iter().map(|k| format!("/{k}")).collect())
+    }
+
+    /// The keys of the path, when it has no array index.
+    fn keys(&self) -> Option<Vec<&str>> {
+        self.segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Key(k) => Some(k.as_str()),
+                Segment::Index(_) => None,
+            })
+            .collect()
     }
 
     fn first_key(&self) -> &str {
@@ -589,12 +591,12 @@ impl Mapping {
             if same_value(&current, lead_value) {
                 continue;
             }
-            let Some(pointer) = path.pointer() else {
+            let Some(keys) = path.keys() else {
                 continue;
             };
-            ops.push(PatchOp::at_pointer(
+            ops.push(PatchOp::at_path(
                 document,
-                &pointer,
+                &keys,
                 rule.kind.to_partner_center(lead_value),
             ));
         }
@@ -903,31 +905,24 @@ pub struct PatchOp {
 impl PatchOp {
     /// `replace` when the top-level field exists (in any casing), else `add`.
     fn set(document: &Map<String, Value>, field: &str, value: Value) -> Self {
-        let existing = document.keys().find(|k| k.eq_ignore_ascii_case(field));
-        Self {
-            op: if existing.is_some() { "replace" } else { "add" },
-            path: format!("/{}", existing.map_or(field, String::as_str)),
-            value,
-        }
+        Self::at_path(document, &[field], value)
     }
 
     /// `replace` when the target exists; otherwise `add` at the first missing ancestor with
-    /// the value nested inside it.
-    fn at_pointer(document: &Map<String, Value>, pointer: &str, value: Value) -> Self {
-        let keys: Vec<&str> = pointer.split('/').skip(1).collect();
+    /// the value nested inside it. Keys match case-insensitively, and the pointer spells the
+    /// existing ones as the document does, so `Details` is never added next to `details`.
+    fn at_path(document: &Map<String, Value>, keys: &[&str], value: Value) -> Self {
+        let mut path = String::new();
         let mut object = Some(document);
         for (depth, key) in keys.iter().enumerate() {
-            let found = object.and_then(|o| o.get(*key));
-            match found {
-                Some(next) if depth + 1 < keys.len() => object = next.as_object(),
-                Some(_) => {
-                    return Self {
-                        op: "replace",
-                        path: pointer.to_owned(),
-                        value,
-                    };
+            path.push('/');
+            match object.and_then(|o| lookup_entry(o, key)) {
+                Some((name, next)) => {
+                    path.push_str(name);
+                    object = next.as_object();
                 }
                 None => {
+                    path.push_str(key);
                     let nested = keys[depth + 1..].iter().rev().fold(value, |inner, k| {
                         let mut m = Map::new();
                         m.insert((*k).to_owned(), inner);
@@ -935,7 +930,7 @@ impl PatchOp {
                     });
                     return Self {
                         op: "add",
-                        path: format!("/{}", keys[..=depth].join("/")),
+                        path,
                         value: nested,
                     };
                 }
@@ -943,7 +938,7 @@ impl PatchOp {
         }
         Self {
             op: "replace",
-            path: pointer.to_owned(),
+            path,
             value,
         }
     }
@@ -1363,6 +1358,36 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&ops).unwrap(),
             json!([{"op": "add", "path": "/extra", "value": {"score": 7}}])
+        );
+    }
+
+    #[test]
+    fn crm_to_pc_uses_the_documents_casing_of_existing_objects() {
+        let m = Mapping::from_json_text(
+            r#"{"columns": {"estimatedamount": {"from": "details.dealValue", "direction": "crm-to-pc"},
+                            "new_x": {"from": "details.score", "direction": "crm-to-pc", "type": "number"}}}"#,
+        )
+        .unwrap();
+        let mut r = referral(json!({"status": "Active", "externalReferenceId": LEAD}))
+            .document()
+            .clone();
+        let details = r.remove("details").unwrap();
+        r.insert("Details".into(), details);
+        let r = Referral::from_json(Value::Object(r), None).unwrap();
+        let l = lead(
+            LeadState::Open,
+            None,
+            json!({"estimatedamount": 25000, "new_x": 7}),
+        );
+        let WriteBack::Patch(ops) = m.plan_writeback(&r, &l).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::to_value(&ops).unwrap(),
+            json!([
+                {"op": "replace", "path": "/Details/dealValue", "value": 25000},
+                {"op": "add", "path": "/Details/score", "value": 7}
+            ])
         );
     }
 

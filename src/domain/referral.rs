@@ -134,12 +134,17 @@ impl Referral {
 
 /// Case-insensitive lookup of an object member (exact match first).
 pub fn lookup<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    object.get(name).or_else(|| {
-        object
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    })
+    lookup_entry(object, name).map(|(_, v)| v)
+}
+
+/// Like [`lookup`], but also returns the member's name as the document spells it.
+pub fn lookup_entry<'a>(
+    object: &'a Map<String, Value>,
+    name: &str,
+) -> Option<(&'a String, &'a Value)> {
+    object
+        .get_key_value(name)
+        .or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
 }
 
 #[cfg(test)]
