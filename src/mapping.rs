@@ -519,17 +519,15 @@ impl Mapping {
         Ok(out)
     }
 
-    /// Decides the Dataverse write for a referral, given the lead as it is now.
-    pub fn plan_lead(
-        &self,
-        referral: &Referral,
-        current: Option<&Lead>,
-    ) -> Result<LeadPlan, MapError> {
-        let Some(lead) = current else {
-            let mut columns = self.lead_columns(referral, true)?;
-            columns.retain(|_, v| !v.is_null());
-            return Ok(LeadPlan::Create { columns });
-        };
+    /// The columns of a new lead for a referral that has none (nulls left out).
+    pub fn plan_create(&self, referral: &Referral) -> Result<Map<String, Value>, MapError> {
+        let mut columns = self.lead_columns(referral, true)?;
+        columns.retain(|_, v| !v.is_null());
+        Ok(columns)
+    }
+
+    /// Decides the Dataverse write for a referral whose lead exists, given the lead as it is now.
+    pub fn plan_update(&self, referral: &Referral, lead: &Lead) -> Result<LeadPlan, MapError> {
         if lead.state != LeadState::Open {
             return Ok(LeadPlan::ReadOnly { state: lead.state });
         }
@@ -858,14 +856,9 @@ pub fn same_value(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// What to do with the lead.
+/// What to do with an existing lead.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LeadPlan {
-    /// No lead has this referral id: create it with these columns.
-    Create {
-        /// Columns to send.
-        columns: Map<String, Value>,
-    },
     /// The lead is open and differs in these columns.
     Update {
         /// Changed columns only.
@@ -1031,12 +1024,9 @@ mod tests {
 
     #[test]
     fn default_mapping_table() {
-        let LeadPlan::Create { columns } = Mapping::default()
-            .plan_lead(&referral(json!({})), None)
-            .unwrap()
-        else {
-            panic!()
-        };
+        let columns = Mapping::default()
+            .plan_create(&referral(json!({})))
+            .unwrap();
         let expected = json!({
             "subject": "Contoso migration", "companyname": "Fabrikam Inc",
             "firstname": "Ada", "lastname": "Lovelace", "emailaddress1": "ada@fabrikam.test",
@@ -1070,12 +1060,12 @@ mod tests {
     fn bad_values_are_mapping_errors_naming_column_and_field() {
         let r =
             referral(json!({"details": {"dealValue": "a lot", "closingDateTime": "2026-12-01"}}));
-        let err = Mapping::default().plan_lead(&r, None).unwrap_err();
+        let err = Mapping::default().plan_create(&r).unwrap_err();
         assert_eq!(err.column, "estimatedamount");
         assert_eq!(err.field, "details.dealValue");
         let r = referral(json!({"details": {"closingDateTime": "soon"}}));
         assert_eq!(
-            Mapping::default().plan_lead(&r, None).unwrap_err().column,
+            Mapping::default().plan_create(&r).unwrap_err().column,
             "estimatedclosedate"
         );
     }
@@ -1088,10 +1078,7 @@ mod tests {
         current.insert("description".into(), json!("old notes"));
         current.insert("estimatedamount".into(), json!(10000.46));
         let plan = m
-            .plan_lead(
-                &r,
-                Some(&lead(LeadState::Open, Some(1), Value::Object(current))),
-            )
+            .plan_update(&r, &lead(LeadState::Open, Some(1), Value::Object(current)))
             .unwrap();
         assert_eq!(
             plan,
@@ -1112,10 +1099,7 @@ mod tests {
         current.insert("estimatedamount".into(), json!(10000.460000));
         current.insert("address1_line2".into(), json!(""));
         let plan = m
-            .plan_lead(
-                &r,
-                Some(&lead(LeadState::Open, Some(1), Value::Object(current))),
-            )
+            .plan_update(&r, &lead(LeadState::Open, Some(1), Value::Object(current)))
             .unwrap();
         assert_eq!(plan, LeadPlan::Unchanged);
     }
@@ -1124,7 +1108,7 @@ mod tests {
     fn qualified_and_disqualified_leads_are_read_only() {
         for state in [LeadState::Qualified, LeadState::Disqualified] {
             let plan = Mapping::default()
-                .plan_lead(&referral(json!({})), Some(&lead(state, None, json!({}))))
+                .plan_update(&referral(json!({})), &lead(state, None, json!({})))
                 .unwrap();
             assert_eq!(plan, LeadPlan::ReadOnly { state });
         }
@@ -1568,15 +1552,13 @@ mod tests {
                     Mapping::from_json_text(r#"{"columns": {"estimatedamount": {"from": "details.dealValue", "direction": "crm-to-pc"}}}"#).unwrap(),
                 ] {
                     let referral = Referral::from_json(doc.clone(), None).unwrap();
-                    let LeadPlan::Create { columns } = mapping.plan_lead(&referral, None).unwrap() else {
-                        panic!("no lead yet must mean create")
-                    };
+                    let columns = mapping.plan_create(&referral).unwrap();
                     let mut lead = Lead { lead_id: LEAD.into(), etag: None, state: LeadState::Open, status_code: Some(1), columns };
                     if let Some(amount) = crm_amount
                         && mapping != Mapping::default() {
                             lead.columns.insert("estimatedamount".into(), Value::from(amount));
                         }
-                    prop_assert_eq!(mapping.plan_lead(&referral, Some(&lead)).unwrap(), LeadPlan::Unchanged);
+                    prop_assert_eq!(mapping.plan_update(&referral, &lead).unwrap(), LeadPlan::Unchanged);
                     lead.state = state;
                     lead.status_code = code;
 
@@ -1588,7 +1570,7 @@ mod tests {
                     let second = mapping.plan_writeback(&after, &lead).unwrap();
                     prop_assert!(matches!(second, WriteBack::Unchanged | WriteBack::Closed), "{:?}", second);
                     if state == LeadState::Open {
-                        prop_assert_eq!(mapping.plan_lead(&after, Some(&lead)).unwrap(), LeadPlan::Unchanged);
+                        prop_assert_eq!(mapping.plan_update(&after, &lead).unwrap(), LeadPlan::Unchanged);
                     }
                 }
             }

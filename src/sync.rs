@@ -256,50 +256,48 @@ impl Syncer {
             }
             let referral = self.read_referral(id).await?;
             let current = self.dataverse.get_lead(id, &select).await?;
-            let plan = self.mapping.plan_lead(&referral, current.as_ref())?;
-            let (lead, outcome) = match (plan, current) {
-                (LeadPlan::Create { columns }, _) if !write => (
-                    Lead {
-                        lead_id: "(new lead)".into(),
-                        etag: None,
-                        state: LeadState::Open,
-                        status_code: Some(1),
-                        columns,
-                    },
-                    LeadOutcome::Created,
-                ),
-                (LeadPlan::Update { .. }, Some(current)) if !write => {
-                    (current, LeadOutcome::Updated)
-                }
-                (LeadPlan::Create { columns }, _) => {
-                    match self
-                        .dataverse
-                        .upsert_lead(id, &columns, &Condition::CreateOnly, &returned)
-                        .await
-                    {
-                        Ok(done) => (done.lead, LeadOutcome::Created),
-                        Err(DataverseError::Conflict) => continue,
-                        Err(e) => return Err(e.into()),
+            let (lead, outcome) = match current {
+                None => {
+                    let columns = self.mapping.plan_create(&referral)?;
+                    if !write {
+                        let lead = Lead {
+                            lead_id: "(new lead)".into(),
+                            etag: None,
+                            state: LeadState::Open,
+                            status_code: Some(1),
+                            columns,
+                        };
+                        (lead, LeadOutcome::Created)
+                    } else {
+                        match self
+                            .dataverse
+                            .upsert_lead(id, &columns, &Condition::CreateOnly, &returned)
+                            .await
+                        {
+                            Ok(done) => (done.lead, LeadOutcome::Created),
+                            Err(DataverseError::Conflict) => continue,
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                 }
-                (LeadPlan::Update { changes }, Some(current)) => {
-                    let condition =
-                        Condition::IfMatch(current.etag.clone().unwrap_or_else(|| "*".into()));
-                    match self
-                        .dataverse
-                        .upsert_lead(id, &changes, &condition, &returned)
-                        .await
-                    {
-                        Ok(done) => (merge(current, done.lead), LeadOutcome::Updated),
-                        Err(DataverseError::Conflict | DataverseError::Gone) => continue,
-                        Err(e) => return Err(e.into()),
+                Some(current) => match self.mapping.plan_update(&referral, &current)? {
+                    LeadPlan::Update { .. } if !write => (current, LeadOutcome::Updated),
+                    LeadPlan::Update { changes } => {
+                        let condition =
+                            Condition::IfMatch(current.etag.clone().unwrap_or_else(|| "*".into()));
+                        match self
+                            .dataverse
+                            .upsert_lead(id, &changes, &condition, &returned)
+                            .await
+                        {
+                            Ok(done) => (merge(current, done.lead), LeadOutcome::Updated),
+                            Err(DataverseError::Conflict | DataverseError::Gone) => continue,
+                            Err(e) => return Err(e.into()),
+                        }
                     }
-                }
-                (LeadPlan::Unchanged, Some(current)) => (current, LeadOutcome::Unchanged),
-                (LeadPlan::ReadOnly { state }, Some(current)) => {
-                    (current, LeadOutcome::ReadOnly(state))
-                }
-                (_, None) => continue,
+                    LeadPlan::Unchanged => (current, LeadOutcome::Unchanged),
+                    LeadPlan::ReadOnly { state } => (current, LeadOutcome::ReadOnly(state)),
+                },
             };
             if matches!(outcome, LeadOutcome::Created | LeadOutcome::Updated) {
                 lead_written.get_or_insert(outcome);
