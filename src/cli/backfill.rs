@@ -24,8 +24,8 @@ pub struct Options {
     pub dry_run: bool,
 }
 
-/// `2026-01-31` or an RFC 3339 time → `2026-01-31T00:00:00Z` (UTC).
-pub fn parse_date(raw: &str, flag: &str) -> anyhow::Result<String> {
+/// `2026-01-31` or an RFC 3339 time → that instant in UTC.
+pub fn parse_date(raw: &str, flag: &str) -> anyhow::Result<OffsetDateTime> {
     let raw = raw.trim();
     let parsed = OffsetDateTime::parse(raw, &Rfc3339).or_else(|_| {
         let format = time::macros::format_description!("[year]-[month]-[day]");
@@ -34,7 +34,27 @@ pub fn parse_date(raw: &str, flag: &str) -> anyhow::Result<String> {
     let parsed = parsed.map_err(|_| {
         anyhow::anyhow!("{flag} `{raw}` is not a date like 2026-01-31 or 2026-01-31T08:00:00Z")
     })?;
-    Ok(parsed.to_offset(time::UtcOffset::UTC).format(&Rfc3339)?)
+    Ok(parsed.to_offset(time::UtcOffset::UTC))
+}
+
+/// `--since` and `--until` as RFC 3339 UTC times (`2026-01-31T00:00:00Z`); refuses an
+/// `--until` before `--since`, comparing instants rather than text.
+fn window(since: &str, until: Option<&str>) -> anyhow::Result<(String, Option<String>)> {
+    let since = parse_date(since, "--since")?;
+    let until = until.map(|u| parse_date(u, "--until")).transpose()?;
+    let since_text = since.format(&Rfc3339)?;
+    let until_text = match until {
+        Some(until) => {
+            let text = until.format(&Rfc3339)?;
+            anyhow::ensure!(
+                until >= since,
+                "--until {text} is before --since {since_text}"
+            );
+            Some(text)
+        }
+        None => None,
+    };
+    Ok((since_text, until_text))
 }
 
 /// Runs the backfill; returns whether every referral synced.
@@ -43,15 +63,7 @@ pub async fn run(
     options: &Options,
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
-    let since = parse_date(&options.since, "--since")?;
-    let until = options
-        .until
-        .as_deref()
-        .map(|u| parse_date(u, "--until"))
-        .transpose()?;
-    if let Some(until) = &until {
-        anyhow::ensure!(*until >= since, "--until {until} is before --since {since}");
-    }
+    let (since, until) = window(&options.since, options.until.as_deref())?;
     let syncer = Syncer::from_settings(settings)?;
     let client = syncer.partner_center();
     let mut next = Some(client.first_page_url(&ListQuery {
@@ -153,12 +165,11 @@ mod tests {
     #[test]
     fn dates_are_normalised_to_utc() {
         assert_eq!(
-            parse_date("2026-01-31", "--since").unwrap(),
-            "2026-01-31T00:00:00Z"
-        );
-        assert_eq!(
-            parse_date("2026-01-31T10:00:00+02:00", "--since").unwrap(),
-            "2026-01-31T08:00:00Z"
+            window("2026-01-31", Some("2026-01-31T10:00:00+02:00")).unwrap(),
+            (
+                "2026-01-31T00:00:00Z".to_owned(),
+                Some("2026-01-31T08:00:00Z".to_owned())
+            )
         );
         assert!(
             parse_date("yesterday", "--since")
@@ -166,5 +177,20 @@ mod tests {
                 .to_string()
                 .contains("--since")
         );
+    }
+
+    #[test]
+    fn the_window_is_ordered_by_instant_not_by_text() {
+        // As text, "…00Z" sorts after "…00.5Z" ('Z' > '.'), though it is half a second earlier.
+        let err = window("2026-01-31T08:00:00.5Z", Some("2026-01-31T08:00:00Z")).unwrap_err();
+        assert!(err.to_string().contains("is before --since"), "{err}");
+        assert_eq!(
+            window("2026-01-31T08:00:00Z", Some("2026-01-31T08:00:00.5Z"))
+                .unwrap()
+                .1
+                .as_deref(),
+            Some("2026-01-31T08:00:00.5Z")
+        );
+        assert!(window("2026-01-31T10:00:00+02:00", Some("2026-01-31T08:00:00Z")).is_ok());
     }
 }
