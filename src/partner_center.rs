@@ -30,7 +30,7 @@ pub enum PartnerCenterError {
     /// The referral document is unusable.
     #[error("Partner Center returned an unusable referral: {0}")]
     BadReferral(#[from] ReferralError),
-    /// A `@odata.nextLink` points somewhere else.
+    /// A `@odata.nextLink` points to another origin (scheme, host or port) than the API.
     #[error("refusing to follow @odata.nextLink to another host: {0}")]
     ForeignNextLink(String),
 }
@@ -50,8 +50,13 @@ pub struct ReferralPage {
     /// Items that could not be read as referrals, with why.
     pub invalid: Vec<String>,
     /// The next page, when there is one.
-    pub next: Option<Url>,
+    pub next: Option<PageUrl>,
 }
+
+/// The URL of a referral list page on the API's origin. Only [`PartnerCenterClient`] makes
+/// one: the first page from settings, the others from a checked `@odata.nextLink`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageUrl(Url);
 
 /// Filter of a referral listing on `updatedDateTime`.
 #[derive(Debug, Clone)]
@@ -219,7 +224,7 @@ impl PartnerCenterClient {
     }
 
     /// The first page of referrals updated in a window, oldest first.
-    pub fn first_page_url(&self, query: &ListQuery) -> Result<Url, PartnerCenterError> {
+    pub fn first_page_url(&self, query: &ListQuery) -> Result<PageUrl, PartnerCenterError> {
         let mut filter = format!("updatedDateTime ge {}", query.since);
         if let Some(until) = &query.until {
             filter.push_str(&format!(" and updatedDateTime le {until}"));
@@ -229,18 +234,12 @@ impl PartnerCenterClient {
             .append_pair("$filter", &filter)
             .append_pair("$orderby", "updatedDateTime asc")
             .append_pair("$top", &query.page_size.to_string());
-        Ok(url)
+        Ok(PageUrl(url))
     }
 
-    /// Reads one page; `@odata.nextLink` must stay on the API host.
-    pub async fn list_page(&self, url: &Url) -> Result<ReferralPage, PartnerCenterError> {
-        if url.host_str() != self.api.host_str()
-            || url.port_or_known_default() != self.api.port_or_known_default()
-        {
-            return Err(PartnerCenterError::ForeignNextLink(
-                url.host_str().unwrap_or("").to_owned(),
-            ));
-        }
+    /// Reads one page; its `@odata.nextLink` must stay on the API's origin.
+    pub async fn list_page(&self, url: &PageUrl) -> Result<ReferralPage, PartnerCenterError> {
+        let PageUrl(url) = url;
         let response = self
             .send(
                 "list referrals",
@@ -271,12 +270,12 @@ impl PartnerCenterClient {
             let next = url
                 .join(next)
                 .map_err(|e| CallError::Decode(e.to_string()))?;
-            if next.host_str() != self.api.host_str() {
+            if next.origin() != self.api.origin() {
                 return Err(PartnerCenterError::ForeignNextLink(
-                    next.host_str().unwrap_or("").to_owned(),
+                    next.origin().ascii_serialization(),
                 ));
             }
-            page.next = Some(next);
+            page.next = Some(PageUrl(next));
         }
         Ok(page)
     }

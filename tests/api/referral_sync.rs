@@ -538,3 +538,41 @@ impl World {
         self.sync(&id, 1).await
     }
 }
+
+#[tokio::test]
+async fn a_next_link_to_another_scheme_on_the_api_host_and_port_is_refused() {
+    use referral_connector::{
+        partner_center::{ListQuery, PartnerCenterError},
+        sync::Syncer,
+    };
+
+    let fakes = SyncWorld::start().await;
+    for id in [REFERRAL_ID, "0b1f6a1e-8a5c-4d36-9c1e-2a3b4c5d6e7f"] {
+        fakes.partner_center.insert_referral(referral(id));
+    }
+    let settings = sync_settings(&fakes, &[]);
+    let api = settings.partner_center.api_url.clone();
+    assert_eq!(api.scheme(), "http");
+    let port = api.port_or_known_default().expect("port");
+    // Same host and port, but https: not the API's origin.
+    fakes.partner_center.set_next_link_base(Some(&format!(
+        "https://{}:{port}{}",
+        api.host_str().expect("host"),
+        api.path().trim_end_matches('/')
+    )));
+    let syncer = Syncer::from_settings(&settings).expect("syncer");
+    let client = syncer.partner_center();
+    let first = client
+        .first_page_url(&ListQuery {
+            since: "2000-01-01T00:00:00Z".into(),
+            until: None,
+            page_size: 1,
+        })
+        .expect("first page");
+    let err = client.list_page(&first).await.unwrap_err();
+    assert!(
+        matches!(&err, PartnerCenterError::ForeignNextLink(origin) if origin.starts_with("https://")),
+        "{err}"
+    );
+    assert_eq!(fakes.partner_center.requests().len(), 1);
+}
