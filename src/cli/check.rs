@@ -4,13 +4,14 @@
 use std::io::Write;
 
 use azure_core::credentials::TokenCredential;
-use serde_json::Value;
 
-use super::mask_url;
+use super::{
+    mask_url,
+    webhook::{missing_referral_events, registered_url},
+};
 use crate::{
     config::Settings,
     dataverse::DataverseClient,
-    domain::EventName,
     partner_center::{ListQuery, PartnerCenterClient},
     tokens::PARTNER_CENTER_SCOPE,
 };
@@ -178,19 +179,8 @@ async fn check_registration<W: Write>(
             return Ok(());
         }
     };
-    let object = registration.as_object().cloned().unwrap_or_default();
-    let registered = crate::domain::referral::lookup(&object, "WebhookUrl")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let events: Vec<&str> = crate::domain::referral::lookup(&object, "WebhookEvents")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let missing: Vec<&str> = EventName::SUBSCRIBED[..4]
-        .iter()
-        .copied()
-        .filter(|e| !events.contains(e))
-        .collect();
+    let registered = registered_url(&registration);
+    let missing = missing_referral_events(&registration);
     let fix = "run `referral-connector webhook register --url <ReferralWebhook URL>`";
     if !missing.is_empty() {
         report.fail(

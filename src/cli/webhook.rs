@@ -19,21 +19,33 @@ fn field<'a>(registration: &'a Value, name: &str) -> Option<&'a Value> {
         .and_then(|o| crate::domain::referral::lookup(o, name))
 }
 
-fn events_of(registration: &Value) -> Vec<String> {
+fn events_of(registration: &Value) -> Vec<&str> {
     field(registration, "WebhookEvents")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|e| e.as_str().map(str::to_owned))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default()
 }
 
-fn url_of(registration: &Value) -> &str {
+/// The `WebhookUrl` of a registration, or `""`.
+pub(crate) fn registered_url(registration: &Value) -> &str {
     field(registration, "WebhookUrl")
         .and_then(Value::as_str)
         .unwrap_or("")
+}
+
+/// The referral events a registration does not subscribe to (names compared like
+/// [`EventName::parse`], whatever their casing).
+pub(crate) fn missing_referral_events(registration: &Value) -> Vec<&'static str> {
+    static REFERRAL: [EventName; 4] = EventName::REFERRAL;
+    let have: Vec<EventName> = events_of(registration)
+        .into_iter()
+        .map(EventName::parse)
+        .collect();
+    REFERRAL
+        .iter()
+        .filter(|event| !have.contains(event))
+        .map(EventName::as_str)
+        .collect()
 }
 
 fn validate_url(url: &str, out: &mut impl Write) -> anyhow::Result<()> {
@@ -74,14 +86,14 @@ pub async fn register(
     let existing = client.get_registration().await?;
     if let Some(current) = &existing {
         let mut have = events_of(current);
-        let mut want = events.to_vec();
+        let mut want: Vec<&str> = events.iter().map(String::as_str).collect();
         have.sort();
         want.sort();
         let same_header = field(current, "SignatureTokenToMsSignatureHeader")
             .and_then(Value::as_bool)
             .unwrap_or(false)
             == signature_header;
-        if url_of(current) == url && have == want && same_header {
+        if registered_url(current) == url && have == want && same_header {
             writeln!(
                 out,
                 "already registered: {} for {}",
@@ -90,11 +102,11 @@ pub async fn register(
             )?;
             return Ok(true);
         }
-        if !url_of(current).is_empty() && url_of(current) != url {
+        if !registered_url(current).is_empty() && registered_url(current) != url {
             writeln!(
                 out,
                 "replacing the registration that pointed at {}",
-                mask_url(url_of(current))
+                mask_url(registered_url(current))
             )?;
         }
     }
@@ -131,22 +143,18 @@ pub async fn show(
         )?;
         return Ok(false);
     };
-    writeln!(out, "url:      {}", mask_url(url_of(&registration)))?;
+    writeln!(out, "url:      {}", mask_url(registered_url(&registration)))?;
     writeln!(out, "events:   {}", events_of(&registration).join(", "))?;
     if let Some(when) = field(&registration, "LastModifiedTimestamp").and_then(Value::as_str) {
         writeln!(out, "modified: {when}")?;
     }
-    let missing: Vec<&str> = EventName::SUBSCRIBED
-        .iter()
-        .copied()
-        .filter(|e| *e != "test-created" && !events_of(&registration).iter().any(|have| have == e))
-        .collect();
+    let missing = missing_referral_events(&registration);
     if !missing.is_empty() {
         writeln!(out, "missing referral events: {}", missing.join(", "))?;
     }
     match url {
         None => Ok(missing.is_empty()),
-        Some(url) if url_of(&registration) == url => {
+        Some(url) if registered_url(&registration) == url => {
             writeln!(out, "points at {}: yes", mask_url(url))?;
             Ok(missing.is_empty())
         }
@@ -222,5 +230,29 @@ pub async fn test(
             )?;
             return Ok(false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_referral_events_ignore_casing_and_test_created() {
+        let registration = json!({
+            "webhookUrl": "https://x.test/api/ReferralWebhook",
+            "webhookEvents": ["Referral-Created", "referral-updated", "test-created"]
+        });
+        assert_eq!(
+            registered_url(&registration),
+            "https://x.test/api/ReferralWebhook"
+        );
+        assert_eq!(
+            missing_referral_events(&registration),
+            ["related-referral-created", "related-referral-updated"]
+        );
+        let all = json!({"WebhookEvents": EventName::SUBSCRIBED});
+        assert!(missing_referral_events(&all).is_empty());
+        assert_eq!(missing_referral_events(&json!({})).len(), 4);
     }
 }

@@ -35,35 +35,37 @@ impl EventName {
     }
 
     /// The wire name.
-    pub fn as_str(&self) -> &str {
+    pub const fn as_str(&self) -> &str {
         match self {
             Self::ReferralCreated => "referral-created",
             Self::ReferralUpdated => "referral-updated",
             Self::RelatedReferralCreated => "related-referral-created",
             Self::RelatedReferralUpdated => "related-referral-updated",
             Self::TestCreated => "test-created",
-            Self::Other(name) => name,
+            Self::Other(name) => name.as_str(),
         }
     }
 
+    /// The events that ask for the referral to be synced.
+    pub const REFERRAL: [EventName; 4] = [
+        Self::ReferralCreated,
+        Self::ReferralUpdated,
+        Self::RelatedReferralCreated,
+        Self::RelatedReferralUpdated,
+    ];
+
     /// Whether this event asks for the referral to be synced.
     pub fn is_referral_event(&self) -> bool {
-        matches!(
-            self,
-            Self::ReferralCreated
-                | Self::ReferralUpdated
-                | Self::RelatedReferralCreated
-                | Self::RelatedReferralUpdated
-        )
+        Self::REFERRAL.contains(self)
     }
 
     /// The referral events a registration subscribes to, plus `test-created`.
     pub const SUBSCRIBED: [&'static str; 5] = [
-        "referral-created",
-        "referral-updated",
-        "related-referral-created",
-        "related-referral-updated",
-        "test-created",
+        Self::REFERRAL[0].as_str(),
+        Self::REFERRAL[1].as_str(),
+        Self::REFERRAL[2].as_str(),
+        Self::REFERRAL[3].as_str(),
+        Self::TestCreated.as_str(),
     ];
 }
 
