@@ -49,8 +49,6 @@ pub enum Condition {
 pub struct Upserted {
     /// The lead as returned (`$select` columns).
     pub lead: Lead,
-    /// 201 (created) rather than 200 (updated).
-    pub created: bool,
 }
 
 /// Dataverse client.
@@ -207,9 +205,8 @@ impl DataverseClient {
             )
             .await?;
         match response.status() {
-            s @ (StatusCode::OK | StatusCode::CREATED) => Ok(Upserted {
+            StatusCode::OK | StatusCode::CREATED => Ok(Upserted {
                 lead: Self::entity(response).await?,
-                created: s == StatusCode::CREATED,
             }),
             StatusCode::PRECONDITION_FAILED => Err(DataverseError::Conflict),
             StatusCode::NOT_FOUND => Err(DataverseError::Gone),

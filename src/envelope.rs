@@ -26,19 +26,11 @@ pub struct WebhookData {
     pub req: HttpRequestData,
 }
 
-/// An HTTP trigger request as the host forwards it.
+/// An HTTP trigger request as the host forwards it: only what the webhook reads. `Url` and
+/// `Query` (which carry the function key) are not even deserialized.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct HttpRequestData {
-    /// Full URL including `?code=`; never logged.
-    #[serde(default)]
-    pub url: String,
-    /// HTTP method.
-    #[serde(default)]
-    pub method: String,
-    /// Query parameters; never logged (`code` is the function key).
-    #[serde(default)]
-    pub query: HashMap<String, String>,
     /// Headers, looked up case-insensitively.
     #[serde(default)]
     pub headers: HttpHeaders,
@@ -47,10 +39,11 @@ pub struct HttpRequestData {
     pub body: Option<String>,
 }
 
+/// Header names and the body length only: a header value may be the function key
+/// (`x-functions-key`) or a signature.
 impl fmt::Debug for HttpRequestData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpRequestData")
-            .field("method", &self.method)
             .field("headers", &self.headers.names())
             .field("body_len", &self.body.as_ref().map(String::len))
             .finish_non_exhaustive()
@@ -176,12 +169,6 @@ pub struct QueueTriggerMetadata {
     /// How many times the message has been dequeued (the host sends a string).
     #[serde(default, deserialize_with = "number_or_string")]
     pub dequeue_count: u32,
-    /// Message id (the host sends it JSON-quoted).
-    #[serde(default, deserialize_with = "unquoted")]
-    pub id: Option<String>,
-    /// When the message was enqueued.
-    #[serde(default, deserialize_with = "unquoted")]
-    pub insertion_time: Option<String>,
 }
 
 /// The message text from `Data.msg`: a JSON string whose content is the JSON serialization
@@ -209,17 +196,6 @@ fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         Value::Null => Ok(0),
         _ => Err(serde::de::Error::custom("DequeueCount is not a number")),
     }
-}
-
-fn unquoted<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(match Value::deserialize(d)? {
-        Value::String(s) => Some(match serde_json::from_str::<String>(&s) {
-            Ok(inner) => inner,
-            Err(_) => s,
-        }),
-        Value::Null => None,
-        other => Some(other.to_string()),
-    })
 }
 
 /// The handler's answer to the host.
@@ -288,7 +264,6 @@ mod tests {
         let req: InvokeRequest<WebhookData> =
             serde_json::from_str(&fixture("webhook-invocation.json")).unwrap();
         let r = req.data.req;
-        assert_eq!(r.method, "POST");
         assert_eq!(
             r.headers.single("X-MS-CERTIFICATE-URL").unwrap().unwrap(),
             "https://3psostorageacct.blob.core.windows.net/cert/pcnotifications-dispatch.microsoft.com.cer"
@@ -298,9 +273,15 @@ mod tests {
                 .unwrap()
                 .starts_with(b"{\"EventName\":\"referral-created\"")
         );
+        assert!(!format!("{r:?}").contains("function-key"));
+        let keyed: HttpRequestData = serde_json::from_value(json!({
+            "Headers": {"x-functions-key": ["the-function-key"]}, "Body": "{}"
+        }))
+        .unwrap();
+        let debug = format!("{keyed:?}");
         assert!(
-            !format!("{r:?}").contains("function-key"),
-            "Debug must not show the URL or query"
+            debug.contains("x-functions-key") && !debug.contains("the-function-key"),
+            "Debug must not show header values: {debug}"
         );
     }
 
@@ -315,10 +296,6 @@ mod tests {
         );
         let meta = req.metadata.unwrap();
         assert_eq!(meta.dequeue_count, 1);
-        assert_eq!(
-            meta.id.as_deref(),
-            Some("b3435c0d-9d5d-449e-b13f-6b0b92d21a1e")
-        );
     }
 
     #[test]

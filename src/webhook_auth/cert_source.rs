@@ -42,11 +42,6 @@ impl TrustedCert {
         &self.public_key
     }
 
-    /// Earliest notAfter of the chain (Unix seconds).
-    pub fn valid_until(&self) -> i64 {
-        self.valid_until
-    }
-
     /// Leaf subject, for logs.
     pub fn subject(&self) -> &str {
         &self.subject
