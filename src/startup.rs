@@ -114,11 +114,23 @@ pub fn routes(
         .unify()
 }
 
+/// Why an invocation envelope could not be read.
+#[derive(Debug, thiserror::Error)]
+enum EnvelopeError {
+    /// Over [`MAX_ENVELOPE_BYTES`].
+    #[error("the invocation envelope is over {MAX_ENVELOPE_BYTES} bytes")]
+    TooLarge,
+    /// The connection failed while the body was read.
+    #[error("the invocation envelope could not be read: {0}")]
+    Unreadable(String),
+}
+
 /// `POST /<function>`: the invocation's span (with the host's invocation id) and its envelope,
-/// read from a chunked body with a cap (`None` when unreadable or too large).
+/// read from a chunked body with a cap.
 fn invocation(
     function: &'static str,
-) -> impl Filter<Extract = (tracing::Span, Option<Bytes>), Error = warp::Rejection> + Clone {
+) -> impl Filter<Extract = (tracing::Span, Result<Bytes, EnvelopeError>), Error = warp::Rejection> + Clone
+{
     warp::post()
         .and(warp::path(function))
         .and(warp::path::end())
@@ -144,7 +156,7 @@ fn json_reply(status: StatusCode, response: &InvokeResponse) -> warp::reply::Res
 }
 
 /// Reads a chunked body with a cap (the host sends no Content-Length).
-async fn read_capped<S, B>(body: S) -> Option<Bytes>
+async fn read_capped<S, B>(body: S) -> Result<Bytes, EnvelopeError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -152,9 +164,9 @@ where
     let mut body = std::pin::pin!(body);
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.ok()?;
+        let mut chunk = chunk.map_err(|e| EnvelopeError::Unreadable(e.to_string()))?;
         if out.len() + chunk.remaining() > MAX_ENVELOPE_BYTES {
-            return None;
+            return Err(EnvelopeError::TooLarge);
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -163,25 +175,44 @@ where
             chunk.advance(n);
         }
     }
-    Some(Bytes::from(out))
+    Ok(Bytes::from(out))
 }
 
-async fn webhook(state: Arc<AppState>, envelope: Option<Bytes>) -> warp::reply::Response {
-    let Some(envelope) = envelope else {
-        tracing::warn!("invocation body unreadable or too large");
-        let response = InvokeResponse::default().output(
-            "res",
-            HttpResponseOutput::json(413, &serde_json::json!({"error": "payload_too_large"})),
-        );
-        return json_reply(StatusCode::OK, &response);
+async fn webhook(
+    state: Arc<AppState>,
+    envelope: Result<Bytes, EnvelopeError>,
+) -> warp::reply::Response {
+    let envelope = match envelope {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            tracing::warn!(error = %e, "ReferralWebhook invocation refused");
+            let response = InvokeResponse::default().output(
+                "res",
+                HttpResponseOutput::json(413, &serde_json::json!({"error": "payload_too_large"})),
+            );
+            return json_reply(StatusCode::OK, &response);
+        }
     };
     let outcome =
         routes::webhook::process(&state.certs, &envelope, OffsetDateTime::now_utc()).await;
     json_reply(StatusCode::OK, &routes::webhook::respond(&outcome))
 }
 
-async fn referral_sync(state: Arc<AppState>, envelope: Option<Bytes>) -> warp::reply::Response {
-    let envelope = envelope.unwrap_or_default();
+async fn referral_sync(
+    state: Arc<AppState>,
+    envelope: Result<Bytes, EnvelopeError>,
+) -> warp::reply::Response {
+    let envelope = match envelope {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            // Nothing was read, so there is no message to poison: let the host deliver it again.
+            tracing::warn!(error = %e, "ReferralSync invocation body not read; answering 503 so the host retries the message");
+            return json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &InvokeResponse::default().log(format!("retry later: {e}")),
+            );
+        }
+    };
     let syncer = state.syncer.as_ref().map_err(String::as_str);
     let answer = routes::referral_sync::handle(syncer, state.max_dequeue_count, &envelope).await;
     let status = if answer.success {

@@ -576,3 +576,27 @@ async fn a_next_link_to_another_scheme_on_the_api_host_and_port_is_refused() {
     );
     assert_eq!(fakes.partner_center.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn an_envelope_that_cannot_be_read_is_retried_not_poisoned() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let w = world().await;
+    let address = w.app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    // A chunked body whose second chunk size is not hexadecimal: the read fails midway.
+    stream
+        .write_all(
+            b"POST /ReferralSync HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Transfer-Encoding: chunked\r\n\r\n2\r\n{\"\r\nzz\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(!answer.contains("poison"), "{answer}");
+    assert!(answer.contains("retry later"), "{answer}");
+    assert_eq!(w.requests(), 0);
+}
