@@ -35,8 +35,16 @@ pub fn client_builder(settings: &HttpSettings) -> Result<reqwest::ClientBuilder,
 
 /// The shared client the settings describe.
 pub fn client(settings: &HttpSettings) -> Result<reqwest::Client, crate::config::ConfigError> {
+    client_with(settings, |builder| builder)
+}
+
+/// A client the settings describe, with `customize` applied before it is built.
+pub fn client_with(
+    settings: &HttpSettings,
+    customize: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> Result<reqwest::Client, crate::config::ConfigError> {
     client_builder(settings)
-        .and_then(reqwest::ClientBuilder::build)
+        .and_then(|builder| customize(builder).build())
         .map_err(|e| crate::config::ConfigError::Invalid {
             name: "SSL_CERT_FILE",
             reason: format!("the HTTP client cannot be built: {e}"),

@@ -3,6 +3,7 @@
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
 
+use anyhow::Context;
 use bytes::{Buf, Bytes};
 use futures::{Stream, StreamExt};
 use time::OffsetDateTime;
@@ -57,9 +58,15 @@ pub struct Application {
 impl Application {
     /// Binds `127.0.0.1:<settings.port>` (0 picks a free port) and builds the state.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let listener =
-            tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], settings.port)))
-                .await?;
+        let address = SocketAddr::from(([127, 0, 0, 1], settings.port));
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {address} (FUNCTIONS_CUSTOMHANDLER_PORT={})",
+                    settings.port
+                )
+            })?;
         let state = Arc::new(AppState::new(settings)?);
         Ok(Self { listener, state })
     }
@@ -221,4 +228,25 @@ async fn referral_sync(
         StatusCode::SERVICE_UNAVAILABLE
     };
     json_reply(status, &answer.response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_in_use_names_the_address_and_the_setting() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut settings = Settings::from_vars(&Default::default()).unwrap();
+        settings.port = taken.local_addr().unwrap().port();
+        let Err(err) = Application::build(&settings).await else {
+            panic!("bound a port that is in use")
+        };
+        let message = format!("{err:#}");
+        assert!(
+            message.contains(&format!("127.0.0.1:{}", settings.port))
+                && message.contains("FUNCTIONS_CUSTOMHANDLER_PORT"),
+            "{message}"
+        );
+    }
 }

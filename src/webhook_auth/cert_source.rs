@@ -21,7 +21,7 @@ use super::{
     error::WebhookAuthError,
     verify::{self, ChainCheck, TrustAnchors},
 };
-use crate::config::{HttpSettings, WebhookSettings};
+use crate::config::{ConfigError, HttpSettings, WebhookSettings};
 
 /// How many issuer certificates may be fetched to complete one chain.
 const MAX_ISSUER_FETCHES: usize = 3;
@@ -73,14 +73,12 @@ pub struct CertSource {
 }
 
 impl CertSource {
-    /// Builds the source from settings; nothing is fetched or loaded yet.
-    pub fn new(settings: &WebhookSettings, http: &HttpSettings) -> Result<Self, WebhookAuthError> {
-        let client = crate::http::client_builder(http)
-            .map_err(|e| WebhookAuthError::Crypto(e.to_string()))?
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(settings.fetch_timeout)
-            .build()
-            .map_err(|e| WebhookAuthError::Crypto(e.to_string()))?;
+    /// Builds the source from settings; nothing is fetched or loaded yet. Fails only when the
+    /// HTTP client cannot be built (a configuration error). Redirects are refused, as by every
+    /// client of [`crate::http::client_builder`].
+    pub fn new(settings: &WebhookSettings, http: &HttpSettings) -> Result<Self, ConfigError> {
+        let client =
+            crate::http::client_with(http, |builder| builder.timeout(settings.fetch_timeout))?;
         Ok(Self {
             client,
             prefixes: settings.cert_url_prefixes.clone(),
@@ -274,4 +272,26 @@ fn ca_issuer_urls(cert: &X509Ref) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unbuildable_client_is_a_configuration_error() {
+        let mut settings = crate::config::Settings::from_vars(&Default::default()).unwrap();
+        settings.http.extra_root_pems = vec![b"not a certificate".to_vec()];
+        let err = CertSource::new(&settings.webhook, &settings.http).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    name: "SSL_CERT_FILE",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
 }
