@@ -49,9 +49,12 @@ pub enum WebhookError {
 }
 
 impl WebhookError {
-    /// The one decision of the caller's status: 401 authentication, 400 malformed.
+    /// The one decision of the caller's status: 413 for a body over the limit, 415 for a
+    /// compressed body, 401 for any other authentication failure, 400 malformed.
     pub fn status(&self) -> u16 {
         match self {
+            Self::Auth(WebhookAuthError::BodyTooLarge) => 413,
+            Self::Auth(WebhookAuthError::ContentEncoding) => 415,
             Self::Auth(_) => 401,
             Self::Envelope(_) | Self::Event(_) => 400,
         }
@@ -68,10 +71,11 @@ impl WebhookError {
 
     /// The body for the caller.
     pub fn public_body(&self) -> Value {
-        let error = if matches!(self, Self::Auth(_)) {
-            "unauthorized"
-        } else {
-            "bad_request"
+        let error = match self.status() {
+            413 => "payload_too_large",
+            415 => "unsupported_media_type",
+            401 => "unauthorized",
+            _ => "bad_request",
         };
         json!({"error": error, "reason": self.public_reason()})
     }
@@ -156,6 +160,43 @@ pub fn respond(outcome: &Result<Accepted, WebhookError>) -> InvokeResponse {
                     error.status(),
                     error.public_reason()
                 ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_error_table() {
+        let cases = [
+            (
+                WebhookError::Auth(WebhookAuthError::BodyTooLarge),
+                413,
+                "payload_too_large",
+            ),
+            (
+                WebhookError::Auth(WebhookAuthError::ContentEncoding),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                WebhookError::Auth(WebhookAuthError::EmptyBody),
+                401,
+                "unauthorized",
+            ),
+            (
+                WebhookError::Auth(WebhookAuthError::BadSignature),
+                401,
+                "unauthorized",
+            ),
+            (WebhookError::Envelope("x".into()), 400, "bad_request"),
+            (WebhookError::Event(EventError::NotJson), 400, "bad_request"),
+        ];
+        for (error, status, label) in cases {
+            assert_eq!(error.status(), status, "{error}");
+            assert_eq!(error.public_body()["error"], label, "{error}");
         }
     }
 }

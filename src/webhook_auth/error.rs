@@ -2,7 +2,8 @@
 
 use super::cert_url::CertUrlError;
 
-/// Why a callback was not authenticated. Every variant means 401.
+/// Why a callback was not authenticated. Each one refuses the callback: 401, except 413 for
+/// [`Self::BodyTooLarge`] and 415 for [`Self::ContentEncoding`] (see `WebhookError::status`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookAuthError {
     /// The request has no body.

@@ -533,19 +533,36 @@ async fn a_bom_stripped_by_the_host_fails_verification() {
 }
 
 #[tokio::test]
-async fn empty_and_compressed_bodies_are_rejected() {
+async fn empty_oversized_and_compressed_bodies_are_rejected() {
     let w = world().await;
     let (body, headers) = good(&w);
     rejected(&w, None, &headers, 401, "empty body").await;
     rejected(&w, Some(""), &headers, 401, "empty body").await;
-    rejected(
-        &w,
+    let compressed = call(
+        &w.app,
         Some(&body),
         &with(&headers, "Content-Encoding", "gzip"),
-        401,
-        "compressed body",
     )
     .await;
+    assert_eq!(compressed.status, 415, "{}", compressed.body);
+    assert_eq!(
+        compressed.body,
+        serde_json::json!({"error": "unsupported_media_type", "reason": "compressed body"})
+    );
+    assert!(compressed.queued.is_none());
+
+    // Over the 1 MiB limit, yet well under the handler's envelope cap.
+    let large = format!("{body}{}", " ".repeat(1024 * 1024));
+    let headers = w
+        .certs
+        .signed_headers(large.as_bytes(), &w.certs.pki.leaf, "leaf.cer");
+    let oversized = call(&w.app, Some(&large), &headers).await;
+    assert_eq!(oversized.status, 413, "{}", oversized.body);
+    assert_eq!(
+        oversized.body,
+        serde_json::json!({"error": "payload_too_large", "reason": "body too large"})
+    );
+    assert!(oversized.queued.is_none());
 }
 
 #[tokio::test]
