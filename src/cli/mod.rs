@@ -136,7 +136,8 @@ fn parse_seconds(raw: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{raw}` is not a number of seconds"))
 }
 
-/// Hides the value of `code` (the function key) in a URL for printing.
+/// Hides the values of `code` (the function key) and `sig` (a SAS signature), in any casing,
+/// in a URL for printing.
 pub fn mask_url(url: &str) -> String {
     let Ok(mut parsed) = url::Url::parse(url) else {
         return url.to_owned();
