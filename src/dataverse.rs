@@ -10,7 +10,7 @@ use url::Url;
 
 use crate::{
     domain::{Lead, ReferralId},
-    http::{CallError, RetryPolicy, token_error},
+    http::{AuthorizedClient, CallError, RetryPolicy, join_url},
     tokens::dataverse_scope,
 };
 
@@ -54,12 +54,10 @@ pub struct Upserted {
 /// Dataverse client.
 #[derive(Debug, Clone)]
 pub struct DataverseClient {
-    http: reqwest::Client,
+    client: AuthorizedClient,
     base: Url,
     key_column: String,
-    credential: Arc<dyn TokenCredential>,
     scope: String,
-    retry: RetryPolicy,
 }
 
 impl DataverseClient {
@@ -73,12 +71,10 @@ impl DataverseClient {
     ) -> Self {
         let scope = dataverse_scope(&base);
         Self {
-            http,
+            client: AuthorizedClient::new(http, credential, retry),
             base,
             key_column,
-            credential,
             scope,
-            retry,
         }
     }
 
@@ -100,11 +96,7 @@ impl DataverseClient {
 
     /// Gets a Dataverse token (used by `check`).
     pub async fn token(&self) -> Result<(), CallError> {
-        self.credential
-            .get_token(&[self.scope.as_str()], None)
-            .await
-            .map(|_| ())
-            .map_err(|e| token_error(&e))
+        self.client.token(&self.scope).await
     }
 
     /// The alternate-key column.
@@ -113,9 +105,7 @@ impl DataverseClient {
     }
 
     fn api(&self, path_and_query: &str) -> Result<Url, CallError> {
-        let base = self.base.as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}/api/data/v9.2/{path_and_query}"))
-            .map_err(|e| CallError::Decode(e.to_string()))
+        join_url(&self.base, &format!("/api/data/v9.2/{path_and_query}"))
     }
 
     fn lead_url(&self, id: &ReferralId, select: &[&str]) -> Result<Url, CallError> {
@@ -128,6 +118,7 @@ impl DataverseClient {
         ))
     }
 
+    /// Sends one logical call with retries, with the OData version headers.
     async fn send(
         &self,
         what: &str,
@@ -135,23 +126,11 @@ impl DataverseClient {
         url: Url,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<reqwest::Response, CallError> {
-        self.retry
-            .send(what, || {
-                let request = build(self.http.request(method.clone(), url.clone()));
-                async move {
-                    let token = self
-                        .credential
-                        .get_token(&[self.scope.as_str()], None)
-                        .await
-                        .map_err(|e| token_error(&e))?;
-                    Ok(request
-                        .bearer_auth(token.token.secret())
-                        .header("Accept", "application/json")
-                        .header("OData-MaxVersion", "4.0")
-                        .header("OData-Version", "4.0")
-                        .send()
-                        .await?)
-                }
+        self.client
+            .send(what, method, url, &self.scope, |request| {
+                build(request)
+                    .header("OData-MaxVersion", "4.0")
+                    .header("OData-Version", "4.0")
             })
             .await
     }

@@ -4,11 +4,14 @@
 
 use std::{
     future::Future,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use azure_core::credentials::TokenCredential;
 use backon::{ExponentialBuilder, Retryable};
-use reqwest::{Response, StatusCode, header::HeaderMap};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, header::HeaderMap};
+use url::Url;
 
 use crate::config::HttpSettings;
 
@@ -120,6 +123,9 @@ pub enum CallError {
     /// The response body is not what the API documents.
     #[error("unexpected response: {0}")]
     Decode(String),
+    /// The request URL could not be built from the configured base.
+    #[error("cannot build the request URL: {0}")]
+    Url(String),
 }
 
 impl CallError {
@@ -129,7 +135,7 @@ impl CallError {
             Self::Status { status, .. } => is_transient_status(*status),
             Self::Transport(_) => true,
             Self::Token { transient, .. } => *transient,
-            Self::Decode(_) => false,
+            Self::Decode(_) | Self::Url(_) => false,
         }
     }
 
@@ -219,6 +225,74 @@ pub fn token_error(error: &azure_core::Error) -> CallError {
             .unwrap_or_default()
             .to_owned(),
         transient,
+    }
+}
+
+/// `base` (a configured API root, with or without a trailing `/`) followed by `path`, which
+/// starts with `/` and may carry a query.
+pub fn join_url(base: &Url, path: &str) -> Result<Url, CallError> {
+    let base = base.as_str().trim_end_matches('/');
+    Url::parse(&format!("{base}{path}")).map_err(|e| CallError::Url(format!("{base}{path}: {e}")))
+}
+
+/// Sends calls to one API on behalf of a credential: every attempt carries a fresh bearer
+/// token and `Accept: application/json`, and transient failures are retried by the policy.
+#[derive(Debug, Clone)]
+pub struct AuthorizedClient {
+    http: reqwest::Client,
+    credential: Arc<dyn TokenCredential>,
+    retry: RetryPolicy,
+}
+
+impl AuthorizedClient {
+    /// Wraps the shared HTTP client.
+    pub fn new(
+        http: reqwest::Client,
+        credential: Arc<dyn TokenCredential>,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            http,
+            credential,
+            retry,
+        }
+    }
+
+    /// Gets a token for `scope`, sending nothing (used by `check`).
+    pub async fn token(&self, scope: &str) -> Result<(), CallError> {
+        self.credential
+            .get_token(&[scope], None)
+            .await
+            .map(|_| ())
+            .map_err(|e| token_error(&e))
+    }
+
+    /// Sends one logical call with retries; `build` adds the call's own parts to each attempt.
+    pub async fn send(
+        &self,
+        what: &str,
+        method: Method,
+        url: Url,
+        scope: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, CallError> {
+        self.retry
+            .send(what, || {
+                let request = build(self.http.request(method.clone(), url.clone()));
+                async move {
+                    let token = self
+                        .credential
+                        .get_token(&[scope], None)
+                        .await
+                        .map_err(|e| token_error(&e))?;
+                    Ok(request
+                        .bearer_auth(token.token.secret())
+                        .header("Accept", "application/json")
+                        .send()
+                        .await?)
+                }
+            })
+            .await
     }
 }
 
@@ -315,6 +389,27 @@ mod tests {
     }
 
     #[test]
+    fn urls_join_with_or_without_a_trailing_slash() {
+        for base in ["https://api.test", "https://api.test/"] {
+            assert_eq!(
+                join_url(&Url::parse(base).unwrap(), "/v1/x?$top=1")
+                    .unwrap()
+                    .as_str(),
+                "https://api.test/v1/x?$top=1"
+            );
+        }
+        let base = Url::parse("https://org.test/base/").unwrap();
+        assert_eq!(
+            join_url(&base, "/api/data/v9.2/leads").unwrap().as_str(),
+            "https://org.test/base/api/data/v9.2/leads"
+        );
+        assert!(matches!(
+            join_url(&Url::parse("https://api.test").unwrap(), ":99999/x"),
+            Err(CallError::Url(_))
+        ));
+    }
+
+    #[test]
     fn call_errors_classify() {
         let status = |s: u16| CallError::Status {
             status: StatusCode::from_u16(s).unwrap(),
@@ -325,6 +420,7 @@ mod tests {
         assert!(!status(400).is_transient());
         assert!(CallError::Transport("timed out".into()).is_transient());
         assert!(!CallError::Decode("x".into()).is_transient());
+        assert!(!CallError::Url("x".into()).is_transient());
         assert!(
             !CallError::Token {
                 message: "invalid_grant".into(),

@@ -10,7 +10,7 @@ use url::Url;
 
 use crate::{
     domain::{Referral, ReferralError, ReferralId},
-    http::{CallError, RetryPolicy, token_error},
+    http::{AuthorizedClient, CallError, RetryPolicy, join_url},
     mapping::PatchOp,
     tokens::{PARTNER_CENTER_SCOPE, PARTNER_CENTER_WEBHOOK_SCOPE},
 };
@@ -72,11 +72,9 @@ pub struct ListQuery {
 /// Partner Center API client.
 #[derive(Debug, Clone)]
 pub struct PartnerCenterClient {
-    http: reqwest::Client,
+    client: AuthorizedClient,
     api: Url,
     webhook_api: Url,
-    credential: Arc<dyn TokenCredential>,
-    retry: RetryPolicy,
 }
 
 impl PartnerCenterClient {
@@ -89,11 +87,9 @@ impl PartnerCenterClient {
         retry: RetryPolicy,
     ) -> Self {
         Self {
-            http,
+            client: AuthorizedClient::new(http, credential, retry),
             api,
             webhook_api,
-            credential,
-            retry,
         }
     }
 
@@ -115,16 +111,13 @@ impl PartnerCenterClient {
         Ok((client, credential))
     }
 
-    fn url(base: &Url, path: &str) -> Result<Url, CallError> {
-        let base = base.as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}{path}")).map_err(|e| CallError::Decode(e.to_string()))
-    }
-
     fn referral_url(&self, id: &ReferralId) -> Result<Url, CallError> {
-        Self::url(&self.api, &format!("/v1.0/engagements/referrals/{id}"))
+        join_url(&self.api, &format!("/v1.0/engagements/referrals/{id}"))
     }
 
-    /// Sends one logical call with retries; `build` adds method-specific parts.
+    /// Sends one logical call with retries; `build` adds method-specific parts. Every attempt
+    /// carries Partner Center's `MS-RequestId` (the same across retries) and a new
+    /// `MS-CorrelationId`.
     async fn send(
         &self,
         what: &str,
@@ -134,25 +127,11 @@ impl PartnerCenterClient {
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<reqwest::Response, CallError> {
         let request_id = uuid::Uuid::new_v4().to_string();
-        self.retry
-            .send(what, || {
-                let request = self.http.request(method.clone(), url.clone());
-                let request = build(request);
-                let request_id = request_id.clone();
-                async move {
-                    let token = self
-                        .credential
-                        .get_token(&[scope], None)
-                        .await
-                        .map_err(|e| token_error(&e))?;
-                    Ok(request
-                        .bearer_auth(token.token.secret())
-                        .header("Accept", "application/json")
-                        .header("MS-RequestId", request_id)
-                        .header("MS-CorrelationId", uuid::Uuid::new_v4().to_string())
-                        .send()
-                        .await?)
-                }
+        self.client
+            .send(what, method, url, scope, |request| {
+                build(request)
+                    .header("MS-RequestId", &request_id)
+                    .header("MS-CorrelationId", uuid::Uuid::new_v4().to_string())
             })
             .await
     }
@@ -229,7 +208,7 @@ impl PartnerCenterClient {
         if let Some(until) = &query.until {
             filter.push_str(&format!(" and updatedDateTime le {until}"));
         }
-        let mut url = Self::url(&self.api, "/v1.0/engagements/referrals")?;
+        let mut url = join_url(&self.api, "/v1.0/engagements/referrals")?;
         url.query_pairs_mut()
             .append_pair("$filter", &filter)
             .append_pair("$orderby", "updatedDateTime asc")
@@ -282,7 +261,7 @@ impl PartnerCenterClient {
 
     /// `GET /webhooks/v1/registration`; `None` when there is none.
     pub async fn get_registration(&self) -> Result<Option<Value>, PartnerCenterError> {
-        let url = Self::url(&self.webhook_api, "/webhooks/v1/registration")?;
+        let url = join_url(&self.webhook_api, "/webhooks/v1/registration")?;
         let response = self
             .send(
                 "get webhook registration",
@@ -308,7 +287,7 @@ impl PartnerCenterClient {
         create: bool,
         body: &Value,
     ) -> Result<Value, PartnerCenterError> {
-        let url = Self::url(&self.webhook_api, "/webhooks/v1/registration")?;
+        let url = join_url(&self.webhook_api, "/webhooks/v1/registration")?;
         let method = if create { Method::POST } else { Method::PUT };
         let response = self
             .send(
@@ -327,7 +306,7 @@ impl PartnerCenterClient {
 
     /// Asks Partner Center to send a `test-created` event; returns the correlation id.
     pub async fn post_validation_event(&self) -> Result<String, PartnerCenterError> {
-        let url = Self::url(
+        let url = join_url(
             &self.webhook_api,
             "/webhooks/v1/registration/validationEvents",
         )?;
@@ -354,7 +333,7 @@ impl PartnerCenterClient {
     ) -> Result<Value, PartnerCenterError> {
         let id = ReferralId::parse(correlation_id)
             .map_err(|_| CallError::Decode("the correlation id is not a GUID".into()))?;
-        let url = Self::url(
+        let url = join_url(
             &self.webhook_api,
             &format!("/webhooks/v1/registration/validationEvents/{id}"),
         )?;
