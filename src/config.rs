@@ -121,11 +121,9 @@ pub struct PartnerCenterSettings {
     /// App registration (`PARTNER_CENTER_CLIENT_ID`).
     pub client_id: Option<String>,
     /// Its secret, when the app is confidential (`PARTNER_CENTER_CLIENT_SECRET`).
-    pub client_secret: Option<Secret>,
+    pub client_secret: SecretSetting,
     /// Refresh token of the Referrals Admin user (`PARTNER_CENTER_REFRESH_TOKEN`).
-    pub refresh_token: Option<Secret>,
-    /// The first of these secrets that holds an unresolved Key Vault reference.
-    pub unresolved_secret: Option<&'static str>,
+    pub refresh_token: SecretSetting,
 }
 
 /// Dataverse environment and credential.
@@ -142,9 +140,7 @@ pub struct DataverseSettings {
     /// `AZURE_CLIENT_ID` (app registration, or user-assigned managed identity).
     pub client_id: Option<String>,
     /// `AZURE_CLIENT_SECRET`; when absent, managed identity is used.
-    pub client_secret: Option<Secret>,
-    /// `AZURE_CLIENT_SECRET` when it holds an unresolved Key Vault reference.
-    pub unresolved_secret: Option<&'static str>,
+    pub client_secret: SecretSetting,
 }
 
 /// Queue processing behaviour.
@@ -210,16 +206,10 @@ impl Settings {
             Some(v) if is_key_vault_reference(v) => Err(ConfigError::UnresolvedReference { name }),
             v => Ok(v.map(str::to_owned)),
         };
-        let secret = |name: &str| {
-            raw(name)
-                .filter(|v| !is_key_vault_reference(v))
-                .map(|v| Secret::new(v.to_owned()))
-        };
-        let unresolved = |names: &[&'static str]| {
-            names
-                .iter()
-                .copied()
-                .find(|name| raw(name).is_some_and(is_key_vault_reference))
+        let secret = |name: &'static str| match raw(name) {
+            None => SecretSetting::Unset,
+            Some(v) if is_key_vault_reference(v) => SecretSetting::Unresolved(name),
+            Some(v) => SecretSetting::Set(Secret::new(v.to_owned())),
         };
         let port = match get("FUNCTIONS_CUSTOMHANDLER_PORT")? {
             Some(v) => v.parse::<u16>().map_err(|_| ConfigError::Invalid {
@@ -274,10 +264,6 @@ impl Settings {
             client_id: get("PARTNER_CENTER_CLIENT_ID")?,
             client_secret: secret("PARTNER_CENTER_CLIENT_SECRET"),
             refresh_token: secret("PARTNER_CENTER_REFRESH_TOKEN"),
-            unresolved_secret: unresolved(&[
-                "PARTNER_CENTER_CLIENT_SECRET",
-                "PARTNER_CENTER_REFRESH_TOKEN",
-            ]),
         };
 
         let dataverse_url = match get("DATAVERSE_URL")? {
@@ -301,7 +287,6 @@ impl Settings {
             tenant_id: get("AZURE_TENANT_ID")?,
             client_id: get("AZURE_CLIENT_ID")?,
             client_secret: secret("AZURE_CLIENT_SECRET"),
-            unresolved_secret: unresolved(&["AZURE_CLIENT_SECRET"]),
         };
 
         let mut mapping = match get("REFERRAL_MAPPING_FILE")? {
@@ -309,6 +294,19 @@ impl Settings {
                 .map_err(|source| ConfigError::Mapping { path, source })?,
             None => Mapping::default(),
         };
+        if mapping
+            .rules()
+            .iter()
+            .any(|r| r.column == dataverse.key_column)
+        {
+            return Err(ConfigError::Invalid {
+                name: "REFERRAL_MAPPING_FILE",
+                reason: format!(
+                    "columns.{} is the key column (DATAVERSE_REFERRAL_KEY_COLUMN) and is set by the connector",
+                    dataverse.key_column
+                ),
+            });
+        }
         mapping.set_accept_new(match get("REFERRAL_ACCEPT_NEW")?.as_deref() {
             None | Some("true") => true,
             Some("false") => false,
@@ -488,44 +486,67 @@ pub fn is_logical_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-impl PartnerCenterSettings {
-    /// Fails when one of its secrets holds an unresolved Key Vault reference.
-    pub fn secrets_resolved(&self) -> Result<(), ConfigError> {
-        resolved(self.unresolved_secret)
-    }
+/// A secret setting: unset, set, or still holding an App Service Key Vault reference.
+#[derive(Debug, Clone, Default)]
+pub enum SecretSetting {
+    /// Not set.
+    #[default]
+    Unset,
+    /// The secret.
+    Set(Secret),
+    /// The named setting holds a Key Vault reference the platform could not resolve.
+    Unresolved(&'static str),
+}
 
-    /// The pieces the delegated token needs, or the first missing or unresolved setting.
-    pub fn credentials(&self) -> Result<(&str, &str, &Secret), ConfigError> {
-        self.secrets_resolved()?;
+impl SecretSetting {
+    /// The secret, `None` when unset, or the error naming an unresolved reference.
+    pub fn get(&self) -> Result<Option<&Secret>, ConfigError> {
+        match self {
+            Self::Unset => Ok(None),
+            Self::Set(secret) => Ok(Some(secret)),
+            Self::Unresolved(name) => Err(ConfigError::UnresolvedReference { name }),
+        }
+    }
+}
+
+/// The Partner Center app registration: tenant, client id and optional client secret.
+pub struct PartnerCenterApp<'a> {
+    /// `PARTNER_CENTER_TENANT_ID`.
+    pub tenant: &'a str,
+    /// `PARTNER_CENTER_CLIENT_ID`.
+    pub client_id: &'a str,
+    /// `PARTNER_CENTER_CLIENT_SECRET`, for a confidential app.
+    pub client_secret: Option<&'a Secret>,
+}
+
+impl PartnerCenterSettings {
+    /// The app registration, or the first missing or unresolved setting.
+    pub fn app(&self) -> Result<PartnerCenterApp<'_>, ConfigError> {
         let tenant = self.tenant_id.as_deref().ok_or(ConfigError::Missing {
             name: "PARTNER_CENTER_TENANT_ID",
             hint: "set it to the partner tenant id (a GUID or domain)",
         })?;
-        let client = self.client_id.as_deref().ok_or(ConfigError::Missing {
+        let client_id = self.client_id.as_deref().ok_or(ConfigError::Missing {
             name: "PARTNER_CENTER_CLIENT_ID",
             hint: "set it to the app registration's Application (client) ID",
         })?;
-        let refresh = self.refresh_token.as_ref().ok_or(ConfigError::Missing {
+        Ok(PartnerCenterApp {
+            tenant,
+            client_id,
+            client_secret: self.client_secret.get()?,
+        })
+    }
+
+    /// The refresh token of the Referrals Admin user, or why it is not usable.
+    pub fn refresh_token(&self) -> Result<&Secret, ConfigError> {
+        self.refresh_token.get()?.ok_or(ConfigError::Missing {
             name: "PARTNER_CENTER_REFRESH_TOKEN",
             hint: "run `referral-connector login --settings local.settings.json` to obtain it",
-        })?;
-        Ok((tenant, client, refresh))
-    }
-}
-
-fn resolved(unresolved_secret: Option<&'static str>) -> Result<(), ConfigError> {
-    match unresolved_secret {
-        Some(name) => Err(ConfigError::UnresolvedReference { name }),
-        None => Ok(()),
+        })
     }
 }
 
 impl DataverseSettings {
-    /// Fails when `AZURE_CLIENT_SECRET` holds an unresolved Key Vault reference.
-    pub fn secrets_resolved(&self) -> Result<(), ConfigError> {
-        resolved(self.unresolved_secret)
-    }
-
     /// The environment URL, or an error saying how to set it.
     pub fn require_url(&self) -> Result<&Url, ConfigError> {
         self.url.as_ref().ok_or(ConfigError::Missing {
@@ -696,23 +717,22 @@ mod tests {
             ),
         ]))
         .expect("an unresolved secret does not stop the start");
-        assert!(s.partner_center.refresh_token.is_none());
-        let err = s.partner_center.credentials().unwrap_err().to_string();
+        assert!(s.partner_center.app().is_ok(), "the app itself is usable");
+        let err = s.partner_center.refresh_token().unwrap_err().to_string();
         assert!(
             err.contains("PARTNER_CENTER_REFRESH_TOKEN holds an unresolved Key Vault reference"),
             "{err}"
         );
         assert!(err.contains("Key Vault Secrets User"), "{err}");
+        let err = s.dataverse.client_secret.get().unwrap_err().to_string();
         assert!(
-            s.dataverse.client_secret.is_none(),
-            "never managed identity by accident"
+            err.contains("AZURE_CLIENT_SECRET"),
+            "never managed identity by accident: {err}"
         );
-        let err = s.dataverse.secrets_resolved().unwrap_err().to_string();
-        assert!(err.contains("AZURE_CLIENT_SECRET"), "{err}");
 
         let plain = Settings::from_vars(&vars(&[("PARTNER_CENTER_REFRESH_TOKEN", "rt")])).unwrap();
-        assert!(plain.partner_center.secrets_resolved().is_ok());
-        assert!(plain.dataverse.secrets_resolved().is_ok());
+        assert_eq!(plain.partner_center.refresh_token().unwrap().secret(), "rt");
+        assert!(plain.dataverse.client_secret.get().unwrap().is_none());
 
         let err = Settings::from_vars(&vars(&[("DATAVERSE_URL", reference)])).unwrap_err();
         assert!(
@@ -727,6 +747,33 @@ mod tests {
     }
 
     #[test]
+    fn a_mapping_rule_on_the_key_column_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mapping.json");
+        std::fs::write(
+            &path,
+            r#"{"columns": {"cr5a1_pcreferralid": {"from": "details.notes"}}}"#,
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let err = Settings::from_vars(&vars(&[
+            ("REFERRAL_MAPPING_FILE", file),
+            ("DATAVERSE_REFERRAL_KEY_COLUMN", "cr5a1_pcreferralid"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("REFERRAL_MAPPING_FILE")
+                && err.contains("columns.cr5a1_pcreferralid is the key column"),
+            "{err}"
+        );
+        assert!(
+            Settings::from_vars(&vars(&[("REFERRAL_MAPPING_FILE", file)])).is_ok(),
+            "the same rule is fine when another column is the key"
+        );
+    }
+
+    #[test]
     fn missing_partner_center_settings_say_how_to_fix_them() {
         let s = Settings::from_vars(&vars(&[
             ("PARTNER_CENTER_TENANT_ID", "contoso.onmicrosoft.com"),
@@ -736,7 +783,11 @@ mod tests {
             ),
         ]))
         .unwrap();
-        let err = s.partner_center.credentials().unwrap_err().to_string();
+        assert_eq!(
+            s.partner_center.app().unwrap().tenant,
+            "contoso.onmicrosoft.com"
+        );
+        let err = s.partner_center.refresh_token().unwrap_err().to_string();
         assert!(
             err.contains("PARTNER_CENTER_REFRESH_TOKEN") && err.contains("login"),
             "{err}"

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use url::Url;
 
-use crate::config::{ConfigError, DataverseSettings, PartnerCenterSettings};
+use crate::config::{ConfigError, DataverseSettings, PartnerCenterApp, PartnerCenterSettings};
 
 /// Scope of the Partner Center referrals API.
 pub const PARTNER_CENTER_SCOPE: &str = "https://api.partner.microsoft.com/.default";
@@ -83,6 +83,13 @@ pub struct EntraError {
     pub error_description: String,
 }
 
+impl EntraError {
+    /// The first line of the description (the AADSTS code and its sentence).
+    pub fn first_line(&self) -> &str {
+        self.error_description.lines().next().unwrap_or("")
+    }
+}
+
 fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     match serde_json::Value::deserialize(d)? {
         serde_json::Value::Number(n) => n
@@ -131,7 +138,7 @@ pub fn entra_failure(
     error: &EntraError,
     fix: &str,
 ) -> azure_core::Error {
-    let first_line = error.error_description.lines().next().unwrap_or("");
+    let first_line = error.first_line();
     azure_core::Error::with_message(
         ErrorKind::HttpResponse {
             status: azure_core::http::StatusCode::from(status.as_u16()),
@@ -165,18 +172,29 @@ impl fmt::Debug for RefreshTokenCredential {
 }
 
 impl RefreshTokenCredential {
-    /// From the Partner Center settings; fails naming the first missing setting.
+    /// From the Partner Center settings; fails naming the first missing or unresolved setting.
     pub fn new(
         settings: &PartnerCenterSettings,
         client: reqwest::Client,
     ) -> Result<Arc<Self>, ConfigError> {
-        let (tenant, client_id, refresh) = settings.credentials()?;
+        let app = settings.app()?;
+        let refresh = settings.refresh_token()?.clone();
+        Self::for_app(&app, &settings.authority_host, refresh, client)
+    }
+
+    /// For an app registration and a given refresh token (what `login` just obtained).
+    pub fn for_app(
+        app: &PartnerCenterApp<'_>,
+        authority_host: &Url,
+        refresh_token: Secret,
+        client: reqwest::Client,
+    ) -> Result<Arc<Self>, ConfigError> {
         Ok(Arc::new(Self {
             client,
-            token_url: entra_url(&settings.authority_host, tenant, "token")?,
-            client_id: client_id.to_owned(),
-            client_secret: settings.client_secret.clone(),
-            refresh_token: std::sync::Mutex::new(refresh.clone()),
+            token_url: entra_url(authority_host, app.tenant, "token")?,
+            client_id: app.client_id.to_owned(),
+            client_secret: app.client_secret.cloned(),
+            refresh_token: std::sync::Mutex::new(refresh_token),
             cache: tokio::sync::Mutex::new(HashMap::new()),
         }))
     }
@@ -248,7 +266,6 @@ pub fn dataverse_credential(
     settings: &DataverseSettings,
     client: reqwest::Client,
 ) -> Result<Arc<dyn TokenCredential>, ConfigError> {
-    settings.secrets_resolved()?;
     let mut custom = CustomConfiguration::default();
     custom.authority_host = settings
         .authority_host
@@ -265,7 +282,7 @@ pub fn dataverse_credential(
         name,
         reason: e.to_string(),
     };
-    match &settings.client_secret {
+    match settings.client_secret.get()? {
         Some(secret) => {
             let tenant = settings.tenant_id.as_deref().ok_or(ConfigError::Missing {
                 name: "AZURE_TENANT_ID",

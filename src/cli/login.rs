@@ -7,10 +7,10 @@ use azure_core::credentials::TokenCredential;
 use serde::Deserialize;
 
 use crate::{
-    config::{ConfigError, Settings},
+    config::Settings,
     tokens::{
-        EntraError, PARTNER_CENTER_SCOPE, PARTNER_CENTER_WEBHOOK_SCOPE, RefreshTokenCredential,
-        TokenResponse, entra_url, post_form,
+        PARTNER_CENTER_SCOPE, PARTNER_CENTER_WEBHOOK_SCOPE, RefreshTokenCredential, TokenResponse,
+        entra_url, post_form,
     },
 };
 
@@ -45,25 +45,14 @@ pub async fn run(
         );
     }
     let pc = &settings.partner_center;
-    // The refresh token is what this command replaces; the client secret must be usable.
-    if let Some(name @ "PARTNER_CENTER_CLIENT_SECRET") = pc.unresolved_secret {
-        return Err(ConfigError::UnresolvedReference { name }.into());
-    }
-    let tenant = pc.tenant_id.as_deref().ok_or_else(|| {
-        anyhow::anyhow!(
-            "PARTNER_CENTER_TENANT_ID is not set: set it to the partner tenant id or domain"
-        )
-    })?;
-    let client_id = pc.client_id.as_deref().ok_or_else(|| {
-        anyhow::anyhow!("PARTNER_CENTER_CLIENT_ID is not set: set it to the app registration's Application (client) ID")
-    })?;
+    let app = pc.app()?;
     let http = crate::http::client(&settings.http)?;
     let scope = format!("{PARTNER_CENTER_SCOPE} offline_access");
-    let device_url = entra_url(&pc.authority_host, tenant, "devicecode")?;
+    let device_url = entra_url(&pc.authority_host, app.tenant, "devicecode")?;
     let code = match post_form::<DeviceCode>(
         &http,
         &device_url,
-        &[("client_id", client_id), ("scope", &scope)],
+        &[("client_id", app.client_id), ("scope", &scope)],
     )
     .await?
     {
@@ -71,13 +60,13 @@ pub async fn run(
         Err((status, error)) => anyhow::bail!(
             "the sign-in could not start ({status} {}: {}); check PARTNER_CENTER_CLIENT_ID and that the app allows public client flows",
             error.error,
-            first_line(&error)
+            error.first_line()
         ),
     };
     writeln!(out, "{}", code.message)?;
     out.flush()?;
 
-    let token_url = entra_url(&pc.authority_host, tenant, "token")?;
+    let token_url = entra_url(&pc.authority_host, app.tenant, "token")?;
     let mut interval = Duration::from_secs(code.interval.max(1));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(code.expires_in);
     let refresh_token = loop {
@@ -89,10 +78,10 @@ pub async fn run(
         }
         let mut form = vec![
             ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
-            ("client_id", client_id),
+            ("client_id", app.client_id),
             ("device_code", code.device_code.as_str()),
         ];
-        if let Some(secret) = &pc.client_secret {
+        if let Some(secret) = app.client_secret {
             form.push(("client_secret", secret.secret()));
         }
         match post_form::<TokenResponse>(&http, &token_url, &form).await? {
@@ -107,15 +96,17 @@ pub async fn run(
             Err((status, error)) => anyhow::bail!(
                 "the sign-in failed ({status} {}: {}); run `referral-connector login` again",
                 error.error,
-                first_line(&error)
+                error.first_line()
             ),
         }
     };
 
-    let mut check = settings.partner_center.clone();
-    check.refresh_token = Some(azure_core::credentials::Secret::new(refresh_token.clone()));
-    check.unresolved_secret = None;
-    let credential = RefreshTokenCredential::new(&check, http)?;
+    let credential = RefreshTokenCredential::for_app(
+        &app,
+        &pc.authority_host,
+        azure_core::credentials::Secret::new(refresh_token),
+        http,
+    )?;
     let webhook_scope_ok = credential
         .get_token(&[PARTNER_CENTER_WEBHOOK_SCOPE], None)
         .await
@@ -142,10 +133,6 @@ pub async fn run(
     Ok(true)
 }
 
-fn first_line(error: &EntraError) -> &str {
-    error.error_description.lines().next().unwrap_or("")
-}
-
 /// Writes the refresh token into the `Values` block, keeping everything else.
 fn store(path: &Path, refresh_token: &str) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -168,8 +155,36 @@ fn store(path: &Path, refresh_token: &str) -> anyhow::Result<()> {
         "PARTNER_CENTER_REFRESH_TOKEN".into(),
         serde_json::Value::from(refresh_token),
     );
+    // The file holds secrets: the replacement is readable by its owner only.
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&doc)? + "\n")?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all((serde_json::to_string_pretty(&doc)? + "\n").as_bytes())?;
+    file.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_stored_settings_file_is_readable_by_its_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("local.settings.json");
+        std::fs::write(&path, r#"{"Values":{"A":"b"}}"#).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::store(&path, "rt").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(doc["Values"]["PARTNER_CENTER_REFRESH_TOKEN"], "rt");
+        assert_eq!(doc["Values"]["A"], "b");
+    }
 }

@@ -26,7 +26,7 @@ fn id(i: usize) -> String {
 async fn login_runs_the_device_code_flow_and_prints_the_token_only_when_asked() {
     let fakes = SyncWorld::start().await;
     let mut settings = sync_settings(&fakes, &[]);
-    settings.partner_center.refresh_token = None;
+    settings.partner_center.refresh_token = referral_connector::config::SecretSetting::Unset;
     let mut out = Vec::new();
     assert!(
         cli::login::run(&settings, None, true, &mut out)
@@ -68,7 +68,7 @@ async fn login_runs_the_device_code_flow_and_prints_the_token_only_when_asked() 
 async fn login_writes_the_token_into_the_settings_file_without_printing_it() {
     let fakes = SyncWorld::start().await;
     let mut settings = sync_settings(&fakes, &[]);
-    settings.partner_center.refresh_token = None;
+    settings.partner_center.refresh_token = referral_connector::config::SecretSetting::Unset;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("local.settings.json");
     std::fs::copy(
