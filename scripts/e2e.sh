@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end test (tests/e2e.rs) against a real Azurite, twice: with the debug build of the
 # handler, then with the static musl build from scripts/package.sh (HANDLER_BIN=publish/handler).
+# Then the README rehearsal (tests/readme_deploy.rs), which builds the static binary from a copy.
 # The system-CA-store check (unshare --mount) needs root; elsewhere set E2E_WITHOUT_CA_STORE_CHECK=1.
 #   scripts/e2e.sh             both
 #   scripts/e2e.sh --debug     only the debug build (no musl build)
@@ -28,4 +29,9 @@ if $static; then
   start=$(date +%s)
   HANDLER_BIN="$PWD/publish/handler" cargo test --features e2e --test e2e
   echo "== e2e (static build) took $(( $(date +%s) - start )) s"
+
+  echo "== the README's Set up and Deploy blocks, with az and func stand-ins (tests/readme_deploy.rs)"
+  start=$(date +%s)
+  cargo test --features e2e --test readme_deploy
+  echo "== README rehearsal took $(( $(date +%s) - start )) s"
 fi

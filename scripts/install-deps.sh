@@ -26,6 +26,7 @@ if $want_musl; then
   need_pkg perl
   need_pkg make
   need_pkg file # scripts/package.sh checks that the binary is statically linked
+  need_pkg jq   # the README's Deploy block reads local.settings.json with it
 fi
 if $want_azurite && ! command -v npm >/dev/null; then
   need_pkg nodejs # Azurite is pure JavaScript; Node.js 18 or 20 runs it
