@@ -180,26 +180,11 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    /// Wires the clients from settings. Fails naming the first missing setting.
+    /// Wires the clients from settings. Fails naming the first missing or unusable setting.
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
         let http = crate::http::client(&settings.http)?;
         let (partner_center, _) = PartnerCenterClient::from_settings(settings, http.clone())?;
         let dataverse = DataverseClient::from_settings(settings, http)?;
-        if settings
-            .sync
-            .mapping
-            .rules()
-            .iter()
-            .any(|r| r.column == settings.dataverse.key_column)
-        {
-            return Err(ConfigError::Invalid {
-                name: "REFERRAL_MAPPING_FILE",
-                reason: format!(
-                    "columns.{} is the key column (DATAVERSE_REFERRAL_KEY_COLUMN) and is set by the connector",
-                    settings.dataverse.key_column
-                ),
-            });
-        }
         Ok(Self {
             partner_center,
             dataverse,
