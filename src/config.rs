@@ -189,11 +189,25 @@ impl Settings {
 
     /// Settings from an optional `local.settings.json`, overridden by the process environment.
     pub fn load(settings_file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        Self::load_with_host_json(settings_file, std::path::Path::new("host.json"))
+    }
+
+    /// [`Settings::load`], reading the queue retry limit from the given host.json (the host
+    /// starts the handler in the function app's folder, next to its host.json).
+    pub fn load_with_host_json(
+        settings_file: Option<&std::path::Path>,
+        host_json: &std::path::Path,
+    ) -> Result<Self, ConfigError> {
         let mut vars = match settings_file {
             Some(path) => read_settings_file(path)?,
             None => HashMap::new(),
         };
         vars.extend(std::env::vars());
+        if !vars.contains_key(HOST_MAX_DEQUEUE_COUNT)
+            && let Some(count) = host_json_max_dequeue_count(host_json)
+        {
+            vars.insert(HOST_MAX_DEQUEUE_COUNT.to_owned(), count);
+        }
         Self::from_vars(&vars)
     }
 
@@ -319,11 +333,11 @@ impl Settings {
         });
         let sync = SyncSettings {
             mapping,
-            max_dequeue_count: parse_number(
-                "SYNC_MAX_DEQUEUE_COUNT",
+            max_dequeue_count: max_dequeue_count(
+                get(HOST_MAX_DEQUEUE_COUNT)?
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .filter(|n| (1..=100).contains(n)),
                 get("SYNC_MAX_DEQUEUE_COUNT")?,
-                5,
-                1..=100,
             )?,
             retry_budget: Duration::from_secs(parse_number(
                 "SYNC_RETRY_BUDGET_SECONDS",
@@ -351,6 +365,42 @@ impl Settings {
             sync,
             http,
         })
+    }
+}
+
+/// The host's own override of host.json `extensions.queues.maxDequeueCount` (an app setting).
+const HOST_MAX_DEQUEUE_COUNT: &str = "AzureFunctionsJobHost__extensions__queues__maxDequeueCount";
+
+/// `extensions.queues.maxDequeueCount` of a host.json, when the file is there and sets it.
+fn host_json_max_dequeue_count(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let host: serde_json::Value = serde_json::from_str(&text).ok()?;
+    host.pointer("/extensions/queues/maxDequeueCount")
+        .and_then(serde_json::Value::as_u64)
+        .map(|n| n.to_string())
+}
+
+/// The number of deliveries the host makes before it moves a message to the poison queue:
+/// the host's value when known (so the two cannot drift), else `SYNC_MAX_DEQUEUE_COUNT`, else 5.
+fn max_dequeue_count(host: Option<u32>, ours: Option<String>) -> Result<u32, ConfigError> {
+    let ours = match ours {
+        Some(raw) => Some(parse_number(
+            "SYNC_MAX_DEQUEUE_COUNT",
+            Some(raw),
+            5,
+            1..=100,
+        )?),
+        None => None,
+    };
+    match (host, ours) {
+        (Some(host), Some(ours)) if host != ours => Err(ConfigError::Invalid {
+            name: "SYNC_MAX_DEQUEUE_COUNT",
+            reason: format!(
+                "`{ours}` differs from the host's maxDequeueCount {host} (host.json or {HOST_MAX_DEQUEUE_COUNT}); remove the setting, the host's value is read"
+            ),
+        }),
+        (Some(count), _) | (None, Some(count)) => Ok(count),
+        (None, None) => Ok(5),
     }
 }
 
@@ -770,6 +820,50 @@ mod tests {
         assert!(
             Settings::from_vars(&vars(&[("REFERRAL_MAPPING_FILE", file)])).is_ok(),
             "the same rule is fine when another column is the key"
+        );
+    }
+
+    #[test]
+    fn the_retry_limit_follows_the_host_and_a_different_setting_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let host_json = dir.path().join("host.json");
+        std::fs::write(
+            &host_json,
+            r#"{"version": "2.0", "extensions": {"queues": {"maxDequeueCount": 3}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            host_json_max_dequeue_count(&host_json).as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            host_json_max_dequeue_count(&dir.path().join("none.json")),
+            None
+        );
+
+        let count = |pairs: &[(&str, &str)]| {
+            Settings::from_vars(&vars(pairs)).map(|s| s.sync.max_dequeue_count)
+        };
+        assert_eq!(count(&[]).unwrap(), 5);
+        assert_eq!(count(&[("SYNC_MAX_DEQUEUE_COUNT", "7")]).unwrap(), 7);
+        assert_eq!(count(&[(HOST_MAX_DEQUEUE_COUNT, "3")]).unwrap(), 3);
+        assert_eq!(
+            count(&[
+                (HOST_MAX_DEQUEUE_COUNT, "3"),
+                ("SYNC_MAX_DEQUEUE_COUNT", "3")
+            ])
+            .unwrap(),
+            3
+        );
+        let err = count(&[
+            (HOST_MAX_DEQUEUE_COUNT, "3"),
+            ("SYNC_MAX_DEQUEUE_COUNT", "5"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("SYNC_MAX_DEQUEUE_COUNT") && err.contains("maxDequeueCount 3"),
+            "{err}"
         );
     }
 
