@@ -13,13 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::json;
 use testkit::{
     cert_world::CertWorld,
+    host::{REFERRAL_ID, callback_body, http_envelope},
     sync_world::{SyncWorld, queue_envelope, referral, sync_message},
 };
-
-const BODY: &str = r#"{"EventName":"referral-updated","ResourceUri":"https://api.partnercenter.microsoft.com/engagements/v1/referrals/c5fbb3b6-be74-4795-9fb5-4324c73fed37","ResourceName":"referral","AuditUri":null,"ResourceChangeUtcDate":"2026-11-20T10:15:30.1234567+00:00"}"#;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -77,14 +75,9 @@ fn startup(envs: &[(String, String)]) -> Duration {
 }
 
 fn webhook_envelope(world: &CertWorld) -> Vec<u8> {
-    let mut headers = serde_json::Map::new();
-    for (k, v) in world.signed_headers(BODY.as_bytes(), &world.pki.leaf, "leaf.cer") {
-        headers.insert(k, json!([v]));
-    }
-    json!({"Data": {"req": {"Url": "https://x/api/ReferralWebhook?code=k", "Method": "POST", "Query": {"code": "k"},
-        "Headers": headers, "Params": {}, "Identities": [], "Body": BODY}}, "Metadata": {}})
-    .to_string()
-    .into_bytes()
+    let body = callback_body("referral-updated", REFERRAL_ID);
+    let headers = world.signed_headers(body.as_bytes(), &world.pki.leaf, "leaf.cer");
+    http_envelope(Some(&body), &headers)
 }
 
 fn main() {

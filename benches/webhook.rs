@@ -14,20 +14,28 @@ use openssl::{hash::MessageDigest, rsa::Padding, sign::Verifier};
 use referral_connector::{
     config::Settings, routes::webhook, startup::Application, webhook_auth::CertSource,
 };
-use serde_json::json;
-use testkit::{cert_world::CertWorld, pki};
+use testkit::{
+    cert_world::CertWorld,
+    host::{REFERRAL_ID, callback_body, http_envelope},
+    pki,
+};
 
-const BODY: &str = r#"{"EventName":"referral-updated","ResourceUri":"https://api.partnercenter.microsoft.com/engagements/v1/referrals/c5fbb3b6-be74-4795-9fb5-4324c73fed37","ResourceName":"referral","AuditUri":null,"ResourceChangeUtcDate":"2026-11-20T10:15:30.1234567+00:00"}"#;
 const RUN: Duration = Duration::from_secs(3);
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The signed callback body.
+fn body() -> String {
+    callback_body("referral-updated", REFERRAL_ID)
+}
+
 /// Raw verifies per second on `threads` threads.
 fn raw_verify_rate(threads: usize) -> f64 {
+    let body = body();
     let key = pki::key(pki::KeySlot::Leaf);
-    let signature = pki::sign(&key, BODY.as_bytes());
+    let signature = pki::sign(&key, body.as_bytes());
     let public =
         openssl::pkey::PKey::public_key_from_der(&key.public_key_to_der().unwrap()).unwrap();
     let count = AtomicU64::new(0);
@@ -39,7 +47,7 @@ fn raw_verify_rate(threads: usize) -> f64 {
                 while start.elapsed() < RUN {
                     let mut v = Verifier::new(MessageDigest::sha256(), &public).unwrap();
                     v.set_rsa_padding(Padding::PKCS1).unwrap();
-                    assert!(v.verify_oneshot(&signature, BODY.as_bytes()).unwrap());
+                    assert!(v.verify_oneshot(&signature, body.as_bytes()).unwrap());
                     n += 1;
                 }
                 count.fetch_add(n, Ordering::Relaxed);
@@ -50,16 +58,9 @@ fn raw_verify_rate(threads: usize) -> f64 {
 }
 
 fn envelope(world: &CertWorld) -> Vec<u8> {
-    let headers = world.signed_headers(BODY.as_bytes(), &world.pki.leaf, "leaf.cer");
-    let mut header_map = serde_json::Map::new();
-    for (k, v) in headers {
-        header_map.insert(k, json!([v]));
-    }
-    header_map.insert("Content-Type".into(), json!(["application/json"]));
-    json!({"Data": {"req": {"Url": "https://x/api/ReferralWebhook?code=k", "Method": "POST", "Query": {"code": "k"},
-        "Headers": header_map, "Params": {}, "Identities": [], "Body": BODY}}, "Metadata": {}})
-    .to_string()
-    .into_bytes()
+    let body = body();
+    let headers = world.signed_headers(body.as_bytes(), &world.pki.leaf, "leaf.cer");
+    http_envelope(Some(&body), &headers)
 }
 
 fn settings(world: &CertWorld) -> Settings {

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use testkit::{
     cert_world::CertWorld,
     fakes::RandomFaults,
+    host::{callback_body, http_envelope},
     sync_world::{KEY_COLUMN, SyncWorld, queue_envelope, referral},
 };
 
@@ -62,18 +63,9 @@ fn id(i: usize) -> String {
 }
 
 fn webhook_envelope(world: &CertWorld, event: &str, referral_id: &str) -> Vec<u8> {
-    let body = format!(
-        r#"{{"EventName":"{event}","ResourceUri":"https://api.partnercenter.microsoft.com/engagements/v1/referrals/{referral_id}","ResourceName":"referral","AuditUri":null,"ResourceChangeUtcDate":"2026-11-20T10:15:30.1234567+00:00"}}"#
-    );
-    let mut headers = serde_json::Map::new();
-    for (k, v) in world.signed_headers(body.as_bytes(), &world.pki.leaf, "leaf.cer") {
-        headers.insert(k, json!([v]));
-    }
-    headers.insert("Content-Type".into(), json!(["application/json"]));
-    json!({"Data": {"req": {"Url": "https://x/api/ReferralWebhook?code=k", "Method": "POST", "Query": {"code": "k"},
-        "Headers": headers, "Params": {}, "Identities": [], "Body": body}}, "Metadata": {}})
-    .to_string()
-    .into_bytes()
+    let body = callback_body(event, referral_id);
+    let headers = world.signed_headers(body.as_bytes(), &world.pki.leaf, "leaf.cer");
+    http_envelope(Some(&body), &headers)
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, Value) {

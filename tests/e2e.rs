@@ -22,11 +22,11 @@ use testkit::{
     azurite::{ACCOUNT, Azurite, QueueClient},
     cert_world::CertWorld,
     fakes::Fault,
+    host::{REFERRAL_ID, callback_body, http_envelope},
     sync_world::{KEY_COLUMN, SyncWorld, queue_envelope, referral},
 };
 use tokio::io::AsyncBufReadExt;
 
-const REFERRAL_ID: &str = "c5fbb3b6-be74-4795-9fb5-4324c73fed37";
 /// The queue of the ReferralWebhook output and the ReferralSync trigger (function.json).
 const QUEUE: &str = "referral-sync";
 /// Where the host moves messages that failed `maxDequeueCount` times, and the `poison` output.
@@ -177,39 +177,13 @@ async fn invoke(
     (status, response.json().await.expect("a JSON answer"))
 }
 
-/// A compact Partner Center callback body.
-fn callback_body(event: &str, id: &str) -> String {
-    format!(
-        r#"{{"EventName":"{event}","ResourceUri":"https://api.partnercenter.microsoft.com/engagements/v1/referrals/{id}","ResourceName":"referral","AuditUri":null,"ResourceChangeUtcDate":"2026-11-20T10:15:30.1234567+00:00"}}"#
-    )
-}
-
-/// An HTTP trigger envelope as the host builds it: header arrays, the body as a string.
-fn http_envelope(body: &str, headers: &[(String, String)]) -> Vec<u8> {
-    let mut header_map = serde_json::Map::new();
-    header_map.insert("Content-Type".into(), json!(["application/json"]));
-    header_map.insert("Content-Length".into(), json!([body.len().to_string()]));
-    header_map.insert(
-        "Host".into(),
-        json!(["contoso-referrals.azurewebsites.net"]),
-    );
-    for (k, v) in headers {
-        header_map.insert(k.clone(), json!([v]));
-    }
-    json!({
-        "Data": {"req": {
-            "Url": "https://contoso-referrals.azurewebsites.net/api/ReferralWebhook?code=function-key",
-            "Method": "POST",
-            "Query": {"code": "function-key"},
-            "Headers": header_map,
-            "Params": {},
-            "Identities": [],
-            "Body": body,
-        }},
-        "Metadata": {"sys": {"MethodName": "ReferralWebhook"}}
-    })
-    .to_string()
-    .into_bytes()
+/// A signed `referral-created` callback in an HTTP trigger envelope, with the Content-Length
+/// header the host passes on.
+fn signed_callback(certs: &CertWorld) -> Vec<u8> {
+    let body = callback_body("referral-created", REFERRAL_ID);
+    let mut headers = certs.signed_headers(body.as_bytes(), &certs.pki.leaf, "leaf.cer");
+    headers.push(("Content-Length".into(), body.len().to_string()));
+    http_envelope(Some(&body), &headers)
 }
 
 fn unb64(text: &str) -> String {
@@ -397,11 +371,7 @@ async fn world(extra: &[(&str, &str)]) -> World {
 
 impl World {
     fn signed_callback(&self) -> Vec<u8> {
-        let body = callback_body("referral-created", REFERRAL_ID);
-        let headers = self
-            .certs
-            .signed_headers(body.as_bytes(), &self.certs.pki.leaf, "leaf.cer");
-        http_envelope(&body, &headers)
+        signed_callback(&self.certs)
     }
 }
 
@@ -559,11 +529,7 @@ async fn the_system_ca_bundle_is_found_without_settings() {
     let envs = certs.vars();
     assert!(!envs.contains_key("SSL_CERT_FILE") && !envs.contains_key("SSL_CERT_DIR"));
     let client = reqwest::Client::new();
-    let callback = || {
-        let body = callback_body("referral-created", REFERRAL_ID);
-        let headers = certs.signed_headers(body.as_bytes(), &certs.pki.leaf, "leaf.cer");
-        http_envelope(&body, &headers)
-    };
+    let callback = || signed_callback(&certs);
     let res_of = |answer: &Value| {
         let res = &answer["Outputs"]["res"];
         let body: Value =

@@ -6,6 +6,7 @@ pub mod azurite;
 pub mod cert_host;
 pub mod cert_world;
 pub mod fakes;
+pub mod host;
 pub mod pki;
 pub mod sync_world;
 pub mod tls;

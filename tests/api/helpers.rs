@@ -2,18 +2,11 @@
 //! local certificate host, and envelope builders shaped exactly like the Functions host's.
 
 use referral_connector::{config::Settings, startup::Application};
-use serde_json::{Value, json};
-pub use testkit::cert_world::CertWorld;
-
-/// The referral id used across tests.
-pub const REFERRAL_ID: &str = "c5fbb3b6-be74-4795-9fb5-4324c73fed37";
-
-/// A compact Partner Center callback body.
-pub fn callback_body(event: &str, id: &str) -> String {
-    format!(
-        r#"{{"EventName":"{event}","ResourceUri":"https://api.partnercenter.microsoft.com/engagements/v1/referrals/{id}","ResourceName":"referral","AuditUri":null,"ResourceChangeUtcDate":"2026-11-20T10:15:30.1234567+00:00"}}"#
-    )
-}
+use serde_json::Value;
+pub use testkit::{
+    cert_world::CertWorld,
+    host::{REFERRAL_ID, callback_body, http_envelope},
+};
 
 /// A running handler.
 pub struct TestApp {
@@ -92,38 +85,6 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
-}
-
-/// An HTTP trigger envelope with the host's shapes: header arrays, body as a string.
-pub fn http_envelope(body: Option<&str>, headers: &[(String, String)]) -> Vec<u8> {
-    let mut header_map = serde_json::Map::new();
-    header_map.insert("Content-Type".into(), json!(["application/json"]));
-    header_map.insert(
-        "Host".into(),
-        json!(["contoso-referrals.azurewebsites.net"]),
-    );
-    for (k, v) in headers {
-        match header_map.get_mut(k) {
-            Some(Value::Array(values)) => values.push(json!(v)),
-            _ => {
-                header_map.insert(k.clone(), json!([v]));
-            }
-        }
-    }
-    let mut req = json!({
-        "Url": "https://contoso-referrals.azurewebsites.net/api/ReferralWebhook?code=secret-function-key",
-        "Method": "POST",
-        "Query": {"code": "secret-function-key"},
-        "Headers": header_map,
-        "Params": {},
-        "Identities": [],
-    });
-    if let Some(body) = body {
-        req["Body"] = json!(body);
-    }
-    json!({"Data": {"req": req}, "Metadata": {"sys": {"MethodName": "ReferralWebhook"}}})
-        .to_string()
-        .into_bytes()
 }
 
 /// Settings for a handler that trusts this PKI (the root is also trusted for TLS to the front).
