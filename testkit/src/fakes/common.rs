@@ -11,7 +11,7 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use hyper::{
@@ -22,6 +22,10 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use time::{
+    OffsetDateTime, format_description::BorrowedFormatItem,
+    format_description::well_known::Rfc3339, macros::format_description,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
@@ -682,105 +686,34 @@ pub(crate) fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// RFC 3339 UTC with 7 fractional digits, as Partner Center writes timestamps.
+const RFC3339_7_DIGITS: &[BorrowedFormatItem<'_>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:7]Z");
+
 /// Current time as RFC 3339 UTC with 7 fractional digits (`2026-01-01T00:00:00.0000000Z`).
 pub(crate) fn now_rfc3339() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock before 1970")
-        .as_nanos() as i128;
-    format_rfc3339(nanos)
+    format_rfc3339(OffsetDateTime::now_utc().unix_timestamp_nanos())
 }
 
 /// Formats nanoseconds since the Unix epoch as RFC 3339 UTC with 7 fractional digits.
 pub(crate) fn format_rfc3339(nanos: i128) -> String {
-    let secs = nanos.div_euclid(1_000_000_000);
-    let frac = nanos.rem_euclid(1_000_000_000) / 100;
-    let days = secs.div_euclid(86_400) as i64;
-    let sod = secs.rem_euclid(86_400) as i64;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:07}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .expect("a representable time")
+        .format(RFC3339_7_DIGITS)
+        .expect("format a timestamp")
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.f+](Z|±HH:MM)` into nanoseconds since the Unix epoch.
+/// Parses `YYYY-MM-DD(T|t| )HH:MM:SS[.f+](Z|z|±HH:MM)`, surrounding whitespace allowed, into
+/// nanoseconds since the Unix epoch.
 pub(crate) fn parse_rfc3339(s: &str) -> Option<i128> {
     let s = s.trim();
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+    // `time` takes any byte between date and time; keep to the separators RFC 3339 names.
+    if !matches!(s.as_bytes().get(10), Some(b'T' | b't' | b' ')) {
         return None;
     }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut frac_nanos: i128 = 0;
-    if let Some(r) = rest.strip_prefix('.') {
-        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let mut scale = 100_000_000i128;
-        for c in r[..digits].bytes().take(9) {
-            frac_nanos += i128::from(c - b'0') * scale;
-            scale /= 10;
-        }
-        rest = &r[digits..];
-    }
-    let offset_secs: i64 = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && matches!(&rest[3..4], ":") => {
-            let sign = match &rest[..1] {
-                "+" => 1,
-                "-" => -1,
-                _ => return None,
-            };
-            let oh: i64 = rest[1..3].parse().ok()?;
-            let om: i64 = rest[4..6].parse().ok()?;
-            sign * (oh * 3600 + om * 60)
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(y, mo, d);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_secs;
-    Some(i128::from(secs) * 1_000_000_000 + frac_nanos)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    OffsetDateTime::parse(s, &Rfc3339)
+        .ok()
+        .map(OffsetDateTime::unix_timestamp_nanos)
 }
 
 #[cfg(test)]
