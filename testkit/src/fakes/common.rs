@@ -69,9 +69,7 @@ impl Recorded {
 
     /// Body parsed as `application/x-www-form-urlencoded` pairs.
     pub fn form(&self) -> Vec<(String, String)> {
-        url::form_urlencoded::parse(&self.body)
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect()
+        parse_pairs(&self.body)
     }
 
     /// First value of form field `name` in a form-encoded body.
@@ -86,11 +84,7 @@ impl Recorded {
     pub fn query_pairs(&self) -> Vec<(String, String)> {
         self.query
             .as_deref()
-            .map(|q| {
-                url::form_urlencoded::parse(q.as_bytes())
-                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                    .collect()
-            })
+            .map(|q| parse_pairs(q.as_bytes()))
             .unwrap_or_default()
     }
 
@@ -664,6 +658,13 @@ where
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), svc)
         .await;
+}
+
+/// Decoded `application/x-www-form-urlencoded` pairs (also the shape of a query string).
+fn parse_pairs(encoded: &[u8]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(encoded)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 /// Percent-decodes `s` (no `+` to space conversion); invalid escapes are kept verbatim.
