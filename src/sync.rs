@@ -239,8 +239,12 @@ impl Syncer {
             if round > 0 {
                 tracing::info!(round, "re-reading after a concurrent change");
             }
-            let referral = self.read_referral(id).await?;
+            // The lead first: a lead write is conditional on the eTag read here, so it can only
+            // succeed if no other sync wrote since, and the referral read after it is at least as
+            // new as the one any earlier writer saw. Read the other way round, a sync holding an
+            // older referral could overwrite a lead another sync had just brought up to date.
             let current = self.dataverse.get_lead(id, &select).await?;
+            let referral = self.read_referral(id).await?;
             let (lead, outcome) = match current {
                 None => {
                     let columns = self.mapping.plan_create(&referral)?;

@@ -157,6 +157,41 @@ async fn a_changed_referral_updates_only_the_changed_columns() {
 }
 
 #[tokio::test]
+async fn a_sync_that_read_an_older_referral_never_overwrites_a_newer_lead() {
+    // Found by the reliability run: a sync reads the referral, the referral changes, a second
+    // sync writes the change to the lead, and only then does the first sync read the lead.
+    // Its write must not put the older notes back.
+    let w = world().await;
+    w.fakes
+        .partner_center
+        .insert_referral(referral(REFERRAL_ID));
+    assert_eq!(w.sync(REFERRAL_ID, 1).await.0, 200);
+    w.fakes.dataverse.inject(
+        Fault::delayed(Duration::from_millis(800))
+            .on("GET", "leads(")
+            .times(1),
+    );
+    let newer = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        w.fakes.partner_center.set_referral_field(
+            REFERRAL_ID,
+            "/details/notes",
+            json!("Now 60 VMs"),
+        );
+        let answer = w.sync(REFERRAL_ID, 1).await;
+        assert_eq!(w.lead(REFERRAL_ID)["description"], "Now 60 VMs");
+        answer
+    };
+    let ((slow, _), (fast, _)) = tokio::join!(w.sync(REFERRAL_ID, 1), newer);
+    assert_eq!((slow, fast), (200, 200));
+    assert_eq!(
+        w.lead(REFERRAL_ID)["description"],
+        "Now 60 VMs",
+        "the slower sync left the newer notes in place"
+    );
+}
+
+#[tokio::test]
 async fn ten_concurrent_invocations_for_one_new_referral_leave_exactly_one_lead() {
     let w = world().await;
     w.fakes
