@@ -59,3 +59,4 @@ mv -f "$out_dir/handler.tmp" "$out_dir/handler"
 size=$(stat -c %s "$out_dir/handler")
 echo "handler: $(realpath "$out_dir/handler") ($size bytes, $(( size / 1024 / 1024 )) MiB)"
 echo "publish folder: $(realpath "$out_dir")"
+echo "publish it with: (cd $out_dir && func azure functionapp publish <app> --custom)   # README, Deploy"
