@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, only when missing (safe to run again).
 #   scripts/install-deps.sh          build + test prerequisites (OpenSSL headers, pkg-config)
-#   scripts/install-deps.sh --musl   also the static musl build (musl-tools, perl, make, rustup target)
+#   scripts/install-deps.sh --musl   also the static musl build (musl-tools, perl, make, file, rustup target) and jq
 #   scripts/install-deps.sh --azurite also Azurite (npm) for the local run and the end-to-end test
 set -euo pipefail
 cd "$(dirname "$0")/.."
