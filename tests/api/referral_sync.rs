@@ -22,6 +22,15 @@ async fn world_with(extra: &[(&str, &str)]) -> World {
     World { fakes, app }
 }
 
+/// A world whose Partner Center holds the referral `REFERRAL_ID`.
+async fn world_with_referral(extra: &[(&str, &str)]) -> World {
+    let w = world_with(extra).await;
+    w.fakes
+        .partner_center
+        .insert_referral(referral(REFERRAL_ID));
+    w
+}
+
 async fn world() -> World {
     world_with(&[]).await
 }
@@ -47,10 +56,7 @@ impl World {
 
 #[tokio::test]
 async fn a_new_referral_becomes_one_lead_and_learns_its_id_in_four_requests() {
-    let w = world().await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[]).await;
     let (status, answer) = w.sync(REFERRAL_ID, 1).await;
     assert_eq!(status, 200, "{answer}");
     assert!(answer["Outputs"].get("poison").is_none());
@@ -95,10 +101,7 @@ async fn a_new_referral_becomes_one_lead_and_learns_its_id_in_four_requests() {
 
 #[tokio::test]
 async fn replaying_the_same_message_writes_nothing_anywhere() {
-    let w = world().await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[]).await;
     assert_eq!(w.sync(REFERRAL_ID, 1).await.0, 200);
     let (writes, patches, etag) = (
         w.fakes.dataverse.write_count(),
@@ -133,10 +136,7 @@ async fn replaying_the_same_message_writes_nothing_anywhere() {
 
 #[tokio::test]
 async fn a_changed_referral_updates_only_the_changed_columns() {
-    let w = world().await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[]).await;
     assert_eq!(w.sync(REFERRAL_ID, 1).await.0, 200);
     w.fakes
         .partner_center
@@ -161,10 +161,7 @@ async fn a_sync_that_read_an_older_referral_never_overwrites_a_newer_lead() {
     // Found by the reliability run: a sync reads the referral, the referral changes, a second
     // sync writes the change to the lead, and only then does the first sync read the lead.
     // Its write must not put the older notes back.
-    let w = world().await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[]).await;
     assert_eq!(w.sync(REFERRAL_ID, 1).await.0, 200);
     w.fakes.dataverse.inject(
         Fault::delayed(Duration::from_millis(800))
@@ -193,10 +190,7 @@ async fn a_sync_that_read_an_older_referral_never_overwrites_a_newer_lead() {
 
 #[tokio::test]
 async fn ten_concurrent_invocations_for_one_new_referral_leave_exactly_one_lead() {
-    let w = world().await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[]).await;
     let answers = futures::future::join_all((0..10).map(|_| w.sync(REFERRAL_ID, 1))).await;
     for (status, answer) in &answers {
         assert_eq!(*status, 200, "{answer}");
@@ -215,10 +209,7 @@ async fn ten_concurrent_invocations_for_one_new_referral_leave_exactly_one_lead(
 
 #[tokio::test]
 async fn throttling_with_retry_after_is_honoured_in_process() {
-    let w = world().await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[]).await;
     w.fakes
         .dataverse
         .inject(Fault::status(429).retry_after(1).on("GET", "leads("));
@@ -236,10 +227,7 @@ async fn throttling_with_retry_after_is_honoured_in_process() {
 
 #[tokio::test]
 async fn a_retry_after_beyond_the_budget_goes_back_to_the_queue_at_once() {
-    let w = world().await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[]).await;
     w.fakes
         .partner_center
         .inject(Fault::status(429).retry_after(120).on("GET", "/referrals/"));
@@ -251,10 +239,7 @@ async fn a_retry_after_beyond_the_budget_goes_back_to_the_queue_at_once() {
 
 #[tokio::test]
 async fn server_errors_answer_non_2xx_then_a_later_delivery_succeeds() {
-    let w = world_with(&[("SYNC_RETRY_BUDGET_SECONDS", "1")]).await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[("SYNC_RETRY_BUDGET_SECONDS", "1")]).await;
     w.fakes
         .dataverse
         .inject(Fault::status(503).on("PATCH", "leads(").always());
@@ -273,10 +258,7 @@ async fn server_errors_answer_non_2xx_then_a_later_delivery_succeeds() {
 
 #[tokio::test]
 async fn the_last_delivery_of_a_failing_message_lands_in_poison_with_its_reason() {
-    let w = world_with(&[("SYNC_RETRY_BUDGET_SECONDS", "0")]).await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[("SYNC_RETRY_BUDGET_SECONDS", "0")]).await;
     w.fakes
         .partner_center
         .inject(Fault::status(500).on("GET", "/referrals/").always());
@@ -313,10 +295,7 @@ async fn a_closed_referral_is_never_patched() {
 
 #[tokio::test]
 async fn a_stale_etag_is_re_read_and_the_write_back_retried() {
-    let w = world().await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[]).await;
     w.fakes
         .partner_center
         .inject(Fault::status(412).on("PATCH", "/referrals/"));
@@ -335,10 +314,7 @@ async fn a_stale_etag_is_re_read_and_the_write_back_retried() {
 
 #[tokio::test]
 async fn a_crm_edit_between_read_and_write_is_re_read_not_overwritten_blindly() {
-    let w = world().await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[]).await;
     assert_eq!(w.sync(REFERRAL_ID, 1).await.0, 200);
     w.fakes
         .partner_center
@@ -353,10 +329,7 @@ async fn a_crm_edit_between_read_and_write_is_re_read_not_overwritten_blindly() 
 
 #[tokio::test]
 async fn qualified_leads_are_not_written_and_disqualified_ones_close_the_referral_as_lost() {
-    let w = world().await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[]).await;
     assert_eq!(w.sync(REFERRAL_ID, 1).await.0, 200);
     w.fakes.dataverse.set_lead_state(REFERRAL_ID, 1, 3);
     w.fakes
@@ -478,10 +451,7 @@ async fn tokens_are_cached_and_shared_across_invocations() {
 async fn an_unresolved_key_vault_reference_is_retried_then_poisoned_naming_the_setting() {
     // App Service passes the reference text through when it cannot read the secret.
     let reference = "@Microsoft.KeyVault(VaultName=kv-referrals;SecretName=pc-refresh-token)";
-    let w = world_with(&[("PARTNER_CENTER_REFRESH_TOKEN", reference)]).await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[("PARTNER_CENTER_REFRESH_TOKEN", reference)]).await;
     let (status, _) = w.sync(REFERRAL_ID, 1).await;
     assert_eq!(status, 503, "retried: the secret may become readable");
     let (status, answer) = w.sync(REFERRAL_ID, 5).await;
@@ -503,10 +473,7 @@ async fn an_unresolved_key_vault_reference_is_retried_then_poisoned_naming_the_s
 
 #[tokio::test]
 async fn a_token_endpoint_outage_is_transient_and_a_revoked_refresh_token_is_permanent() {
-    let w = world_with(&[("SYNC_RETRY_BUDGET_SECONDS", "0")]).await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[("SYNC_RETRY_BUDGET_SECONDS", "0")]).await;
     w.fakes.entra.inject(Fault::status(503).always());
     let (status, _) = w.sync(REFERRAL_ID, 1).await;
     assert_eq!(status, 503);
@@ -535,10 +502,7 @@ async fn no_token_or_secret_appears_in_the_logs() {
     let _guard = tracing::subscriber::set_default(referral_connector::telemetry::get_subscriber(
         "trace", sink,
     ));
-    let w = world_with(&[("SYNC_RETRY_BUDGET_SECONDS", "0")]).await;
-    w.fakes
-        .partner_center
-        .insert_referral(referral(REFERRAL_ID));
+    let w = world_with_referral(&[("SYNC_RETRY_BUDGET_SECONDS", "0")]).await;
     w.fakes.entra.inject(Fault::status(503));
     assert_eq!(w.sync(REFERRAL_ID, 1).await.0, 503);
     assert_eq!(w.sync(REFERRAL_ID, 2).await.0, 200);
