@@ -7,6 +7,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
+use crate::{config::Settings, startup::Application, telemetry};
+
 pub mod backfill;
 pub mod check;
 pub mod login;
@@ -126,6 +128,61 @@ pub enum SetupTarget {
         #[arg(long, default_value = "10", value_parser = parse_seconds, value_name = "SECONDS", hide = true)]
         poll: Duration,
     },
+}
+
+/// Runs the command line: loads the settings, starts telemetry and dispatches. Returns whether
+/// the command succeeded.
+pub async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let settings = Settings::load(cli.settings.as_deref())?;
+    let command = cli.command.unwrap_or(Command::Serve);
+    if matches!(command, Command::Serve) {
+        telemetry::init("info");
+        let app = Application::build(&settings).await?;
+        tracing::info!(port = app.port(), "listening");
+        app.run_until(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+        return Ok(true);
+    }
+    telemetry::init("error");
+    let out = &mut std::io::stdout();
+    match command {
+        Command::Serve => Ok(true),
+        Command::Login { print } => {
+            login::run(&settings, cli.settings.as_deref(), print, out).await
+        }
+        Command::Webhook { action } => match action {
+            WebhookAction::Register {
+                url,
+                events,
+                signature_header,
+            } => webhook::register(&settings, &url, &events, signature_header, out).await,
+            WebhookAction::Show { url } => webhook::show(&settings, url.as_deref(), out).await,
+            WebhookAction::Test { timeout, poll } => {
+                webhook::test(&settings, timeout, poll, out).await
+            }
+        },
+        Command::Sync { ids } => sync::run(&settings, &ids, out).await,
+        Command::Backfill {
+            since,
+            until,
+            concurrency,
+            dry_run,
+        } => {
+            let options = backfill::Options {
+                since,
+                until,
+                concurrency: usize::from(concurrency),
+                dry_run,
+            };
+            backfill::run(&settings, &options, out).await
+        }
+        Command::Check { url } => check::run(&settings, url.as_deref(), out).await,
+        Command::Setup {
+            target: SetupTarget::Dataverse { timeout, poll },
+        } => setup::dataverse(&settings, timeout, poll, out).await,
+    }
 }
 
 fn parse_seconds(raw: &str) -> Result<Duration, String> {
