@@ -783,3 +783,1148 @@ async fn entra_over_tls() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"access_token\":\"dv-at-1\""));
 }
+
+// ---- Dataverse: the opportunity side -------------------------------------------------------
+
+const API: &str = "/api/data/v9.2";
+
+fn opp_url(dv: &FakeDataverse, value: &str) -> String {
+    dv.url(&format!("{API}/opportunities({KEY}='{value}')"))
+}
+
+async fn dv_get(c: &Client, url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = c.get(url).bearer_auth("dv-at-1");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.expect("send GET")
+}
+
+async fn dv_post(c: &Client, url: &str, body: Value) -> reqwest::Response {
+    c.post(url)
+        .bearer_auth("dv-at-1")
+        .json(&body)
+        .send()
+        .await
+        .expect("send POST")
+}
+
+/// Status and `error.code` of a failed call.
+async fn failure(resp: reqwest::Response) -> (u16, String, String) {
+    let status = resp.status().as_u16();
+    let body = json_of(resp).await;
+    (
+        status,
+        body["error"]["code"].as_str().expect("code").to_owned(),
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .to_owned(),
+    )
+}
+
+fn is_seconds_utc(v: &Value) -> bool {
+    let s = v.as_str().unwrap_or_default();
+    s.len() == 20 && s.ends_with('Z') && s.as_bytes()[10] == b'T' && !s.contains('.')
+}
+
+#[tokio::test]
+async fn dataverse_opportunity_upsert_by_key() {
+    let dv = FakeDataverse::start(KEY).await;
+    let c = client();
+    let url = opp_url(&dv, "r-1");
+    let select = "?$select=opportunityid,name,estimatedvalue,estimatedclosedate";
+    let created = dv_patch(
+        &c,
+        &format!("{url}{select}"),
+        &[("If-None-Match", "*"), ("Prefer", "return=representation")],
+        json!({"name": "Contoso - Azure", "estimatedvalue": "50000", "estimatedclosedate": "2026-12-31"}),
+    )
+    .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let body = json_of(created).await;
+    assert_eq!(body["@odata.etag"], "W/\"1\"");
+    assert_eq!(body["name"], "Contoso - Azure");
+    assert_eq!(
+        body["estimatedvalue"], 50000,
+        "money reads back as a number"
+    );
+    assert_eq!(body["estimatedclosedate"], "2026-12-31");
+    assert_eq!(
+        body["_transactioncurrencyid_value"],
+        dv.base_currency_id().as_str(),
+        "a money column brings the currency, the base one by default"
+    );
+    let id = body["opportunityid"].as_str().expect("id").to_owned();
+
+    let again = dv_patch(&c, &url, &[("If-None-Match", "*")], json!({"name": "B"})).await;
+    assert_eq!(
+        failure(again).await,
+        (
+            412,
+            String::new(),
+            "A record with matching key values already exists.".into()
+        )
+    );
+
+    let updated = dv_patch(
+        &c,
+        &url,
+        &[("If-Match", "W/\"1\"")],
+        json!({"closeprobability": 40}),
+    )
+    .await;
+    assert_eq!(updated.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        updated.headers()["odata-entityid"],
+        format!("{}{API}/opportunities({KEY}='r-1')", dv.base_url()).as_str()
+    );
+    let stale = dv_patch(
+        &c,
+        &url,
+        &[("If-Match", "W/\"1\"")],
+        json!({"closeprobability": 50}),
+    )
+    .await;
+    assert_eq!(failure(stale).await.1, "0x80060882");
+
+    let bad_date = dv_patch(
+        &c,
+        &url,
+        &[],
+        json!({"estimatedclosedate": "2026-12-31T00:00:00Z"}),
+    )
+    .await;
+    let (status, code, message) = failure(bad_date).await;
+    assert_eq!((status, code.as_str()), (400, "0x80048d19"));
+    assert!(
+        message.starts_with("Cannot convert the literal '2026-12-31T00:00:00Z'"),
+        "{message}"
+    );
+    let with_state = dv_patch(
+        &c,
+        &opp_url(&dv, "r-2"),
+        &[("If-None-Match", "*")],
+        json!({"name": "x", "statecode": 0}),
+    )
+    .await;
+    assert_eq!(
+        failure(with_state).await,
+        (
+            400,
+            "0x80040203".into(),
+            "statecode is not valid for create".into()
+        )
+    );
+    let missing = dv_patch(
+        &c,
+        &opp_url(&dv, "r-3"),
+        &[("If-Match", "*")],
+        json!({"name": "x"}),
+    )
+    .await;
+    assert_eq!(failure(missing).await.0, 404);
+
+    let row = dv.opportunity("r-1").expect("opportunity");
+    assert_eq!(row["opportunityid"], id.as_str());
+    assert_eq!(row[KEY], "r-1");
+    assert_eq!(row["closeprobability"], 40);
+    assert_eq!(row["versionnumber"], 2);
+    assert_eq!(
+        (row["statecode"].clone(), row["statuscode"].clone()),
+        (json!(0), json!(1))
+    );
+    assert!(
+        is_seconds_utc(&row["modifiedon"]) && is_seconds_utc(&row["createdon"]),
+        "{row}"
+    );
+    assert_eq!(dv.opportunity_by_id(&id.to_uppercase()), Some(row.clone()));
+    assert_eq!(dv.opportunities().len(), 1);
+    assert_eq!((dv.write_count(), dv.write_count_on("opportunity")), (2, 2));
+
+    dv.advance_clock(90);
+    let before = row["modifiedon"].clone();
+    let resp = dv_get(
+        &c,
+        &dv.url(&format!(
+            "{API}/opportunities({id})?$select=modifiedon,createdon"
+        )),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        json_of(resp).await["modifiedon"],
+        before,
+        "a read changes nothing"
+    );
+    dv_patch(&c, &url, &[], json!({"description": "later"})).await;
+    let after = dv.opportunity("r-1").expect("opportunity");
+    assert!(after["modifiedon"].as_str() > before.as_str(), "{after}");
+    assert_eq!(after["createdon"], row["createdon"]);
+}
+
+#[tokio::test]
+async fn dataverse_create_only_by_id_keeps_the_chosen_id() {
+    let dv = FakeDataverse::start(KEY).await;
+    let c = client();
+    let id = "5f3c8a1e-2b7d-4c09-9e61-a4d27b80c3f1";
+    let url = dv.url(&format!("{API}/accounts({id})"));
+    let resp = dv_patch(
+        &c,
+        &url,
+        &[("If-None-Match", "*")],
+        json!({"name": "Fabrikam"}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        resp.headers()["odata-entityid"],
+        format!("{}{API}/accounts({id})", dv.base_url()).as_str()
+    );
+    let again = dv_patch(
+        &c,
+        &url,
+        &[("If-None-Match", "*")],
+        json!({"name": "Other"}),
+    )
+    .await;
+    assert_eq!(failure(again).await.0, 412);
+    assert_eq!(dv.accounts().len(), 1);
+    assert_eq!(dv.accounts()[0]["accountid"], id);
+    assert_eq!(dv.accounts()[0]["name"], "Fabrikam");
+
+    let missing = "00000000-0000-4000-8000-000000000009";
+    let resp = dv_get(&c, &dv.url(&format!("{API}/opportunities({missing})")), &[]).await;
+    assert_eq!(
+        failure(resp).await,
+        (
+            404,
+            "0x80040217".into(),
+            format!("opportunity With Id = {missing} Does Not Exist")
+        )
+    );
+    let opp = dv_patch(
+        &c,
+        &dv.url(&format!("{API}/opportunities({missing})?$select=name")),
+        &[("If-None-Match", "*"), ("Prefer", "return=representation")],
+        json!({"name": "chosen"}),
+    )
+    .await;
+    assert_eq!(opp.status(), StatusCode::CREATED);
+    assert_eq!(json_of(opp).await["opportunityid"], missing);
+
+    let posted = dv_post(
+        &c,
+        &dv.url(&format!("{API}/contacts")),
+        json!({
+            "firstname": "Ada", "lastname": "Lovelace",
+            "parentcustomerid_account@odata.bind": format!("/accounts({id})")
+        }),
+    )
+    .await;
+    assert_eq!(posted.status(), StatusCode::NO_CONTENT);
+    let entity = posted.headers()["odata-entityid"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let contact = &dv.contacts()[0];
+    assert_eq!(
+        entity,
+        format!(
+            "{}{API}/contacts({})",
+            dv.base_url(),
+            contact["contactid"].as_str().unwrap()
+        )
+    );
+    assert_eq!(contact["fullname"], "Ada Lovelace");
+    assert_eq!(contact["_parentcustomerid_value"], id);
+    let posted = dv_post(
+        &c,
+        &dv.url(&format!("{API}/accounts")),
+        json!({"name": "Second"}),
+    )
+    .await;
+    assert_eq!(posted.status(), StatusCode::NO_CONTENT);
+    assert!(
+        posted.headers()["odata-entityid"]
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("{}{API}/accounts(", dv.base_url()))
+    );
+    assert_eq!(dv.accounts().len(), 2);
+    assert_eq!(dv.write_count_on("account"), 2);
+    assert_eq!(dv.write_count(), 4);
+}
+
+#[tokio::test]
+async fn dataverse_account_filter_with_quotes_and_ampersand() {
+    let dv = FakeDataverse::start(KEY).await;
+    let first =
+        dv.insert_account(json!({"name": "O'Brien & Sons", "address1_postalcode": "98052"}));
+    let second =
+        dv.insert_account(json!({"name": "o'brien & sons", "address1_postalcode": "98052"}));
+    dv.insert_account(json!({"name": "O'Brien & Sons", "address1_postalcode": "10001"}));
+    dv.insert_account(json!({"name": "O'Brien", "address1_postalcode": "98052"}));
+    let no_postal = dv.insert_account(json!({"name": "O'Brien & Sons"}));
+    let c = client();
+    let query = |filter: &str, top: &str| {
+        dv.url(&format!(
+            "{API}/accounts?$select=accountid,name,address1_postalcode&$filter={filter}{top}"
+        ))
+    };
+    let ids = |body: Value| -> Vec<String> {
+        body["value"]
+            .as_array()
+            .expect("value")
+            .iter()
+            .map(|r| r["accountid"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let filter = "name eq 'O''Brien %26 Sons' and address1_postalcode eq '98052'";
+    let resp = dv_get(&c, &query(filter, "&$top=2"), &[]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = json_of(resp).await;
+    assert_eq!(ids(body.clone()), [first.clone(), second]);
+    assert_eq!(body["value"][0]["name"], "O'Brien & Sons");
+    assert!(body["value"][0]["@odata.etag"].is_string());
+    let body = json_of(dv_get(&c, &query(filter, "&$top=1"), &[]).await).await;
+    assert_eq!(ids(body), [first]);
+    let null = "name eq 'O''Brien %26 Sons' and address1_postalcode eq null";
+    let body = json_of(dv_get(&c, &query(null, ""), &[]).await).await;
+    assert_eq!(ids(body), [no_postal]);
+
+    for bad in [
+        "name eq 'O''Brien %26 Sons' or address1_postalcode eq '98052'",
+        "contains(name,'Brien')",
+        "name eq 'O'Brien'",
+        "name eq 3",
+    ] {
+        let (status, code, message) = failure(dv_get(&c, &query(bad, ""), &[]).await).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "0x80060888"),
+            "{bad}: {message}"
+        );
+    }
+    dv.set_enforce_schema(true);
+    let (status, code, message) = failure(dv_get(&c, &query("nme eq 'x'", ""), &[]).await).await;
+    assert_eq!((status, code.as_str()), (400, "0x0"));
+    assert_eq!(
+        message,
+        "Could not find a property named 'nme' on type 'Microsoft.Dynamics.CRM.account'."
+    );
+}
+
+#[tokio::test]
+async fn dataverse_currency_lookup_and_binding() {
+    let dv = FakeDataverse::start(KEY).await;
+    let c = client();
+    let query = |iso: &str| {
+        dv.url(&format!(
+            "{API}/transactioncurrencies?$select=transactioncurrencyid,currencyname,exchangerate&$filter=isocurrencycode eq '{iso}' and statecode eq 0"
+        ))
+    };
+    let body = json_of(dv_get(&c, &query("USD"), &[]).await).await;
+    assert_eq!(body["value"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        body["value"][0]["transactioncurrencyid"],
+        dv.base_currency_id().as_str()
+    );
+    assert_eq!(body["value"][0]["currencyname"], "US Dollar");
+    let body = json_of(dv_get(&c, &query("usd"), &[]).await).await;
+    assert_eq!(
+        body["value"].as_array().map(Vec::len),
+        Some(1),
+        "case-insensitive"
+    );
+    let body = json_of(dv_get(&c, &query("GBP"), &[]).await).await;
+    assert_eq!(body["value"], json!([]));
+    let gbp = dv.add_currency("GBP");
+    let body = json_of(dv_get(&c, &query("GBP"), &[]).await).await;
+    assert_eq!(body["value"][0]["transactioncurrencyid"], gbp.as_str());
+    assert_eq!(dv.currency_id("gbp").as_deref(), Some(gbp.as_str()));
+    dv.remove_currency("GBP");
+    assert_eq!(dv.currency_id("GBP"), None);
+    let body = json_of(dv_get(&c, &query("GBP"), &[]).await).await;
+    assert_eq!(body["value"], json!([]));
+
+    let eur = dv.currency_id("EUR").expect("EUR is seeded");
+    let resp = dv_patch(
+        &c,
+        &format!(
+            "{}?$select=estimatedvalue,estimatedvalue_base,exchangerate",
+            opp_url(&dv, "r-eur")
+        ),
+        &[("Prefer", "return=representation")],
+        json!({"name": "x", "estimatedvalue": 920,
+               "transactioncurrencyid@odata.bind": format!("/transactioncurrencies({eur})")}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let body = json_of(resp).await;
+    assert_eq!(body["_transactioncurrencyid_value"], eur.as_str());
+    assert_eq!(body["estimatedvalue_base"], 1000.0);
+    let gone = "11111111-2222-4333-8444-555555555555";
+    let resp = dv_patch(
+        &c,
+        &opp_url(&dv, "r-eur"),
+        &[],
+        json!({"transactioncurrencyid@odata.bind": format!("/transactioncurrencies({gone})")}),
+    )
+    .await;
+    assert_eq!(
+        failure(resp).await,
+        (
+            400,
+            "0x80040217".into(),
+            format!("transactioncurrency With Id = {gone} Does Not Exist")
+        )
+    );
+}
+
+#[tokio::test]
+async fn dataverse_lookups_and_navigation_properties() {
+    let dv = FakeDataverse::start(KEY).await;
+    let c = client();
+    let account = dv.insert_account(json!({"name": "Contoso Ltd"}));
+    let contact = dv.insert_contact(json!({"firstname": "Ada", "lastname": "Lovelace"}));
+    let url = opp_url(&dv, "r-l");
+    let resp = dv_patch(
+        &c,
+        &url,
+        &[],
+        json!({"name": "x",
+               "customerid_account@odata.bind": format!("/accounts({account})"),
+               "parentcontactid@odata.bind": format!("{}{API}/contacts({contact})", dv.base_url())}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let read = format!("{url}?$select=name,_customerid_value,_parentcontactid_value");
+    let annotations = [(
+        "Prefer",
+        "odata.include-annotations=\"Microsoft.Dynamics.CRM.lookuplogicalname,Microsoft.Dynamics.CRM.associatednavigationproperty,OData.Community.Display.V1.FormattedValue\"",
+    )];
+    let body = json_of(dv_get(&c, &read, &annotations).await).await;
+    assert_eq!(body["_customerid_value"], account.as_str());
+    assert_eq!(
+        body["_customerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"],
+        "account"
+    );
+    assert_eq!(
+        body["_customerid_value@Microsoft.Dynamics.CRM.associatednavigationproperty"],
+        "customerid_account"
+    );
+    assert_eq!(
+        body["_customerid_value@OData.Community.Display.V1.FormattedValue"],
+        "Contoso Ltd"
+    );
+    assert_eq!(body["_parentcontactid_value"], contact.as_str());
+    let plain = json_of(dv_get(&c, &read, &[]).await).await;
+    assert!(
+        plain
+            .get("_customerid_value@Microsoft.Dynamics.CRM.lookuplogicalname")
+            .is_none(),
+        "annotations only when asked: {plain}"
+    );
+
+    let resp = dv_patch(
+        &c,
+        &url,
+        &[],
+        json!({"customerid_contact@odata.bind": format!("/contacts({contact})")}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let body = json_of(dv_get(&c, &read, &annotations).await).await;
+    assert_eq!(
+        body["_customerid_value"],
+        contact.as_str(),
+        "the contact replaced the account"
+    );
+    assert_eq!(
+        body["_customerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"],
+        "contact"
+    );
+
+    let wrong_case = dv_patch(
+        &c,
+        &url,
+        &[],
+        json!({"CustomerId_account@odata.bind": format!("/accounts({account})")}),
+    )
+    .await;
+    let (status, code, message) = failure(wrong_case).await;
+    assert_eq!((status, code.as_str()), (400, "0x80048d19"));
+    assert!(
+        message.starts_with(
+            "An undeclared property 'CustomerId_account' which only has property annotations"
+        ),
+        "{message}"
+    );
+    let unknown_nav = dv_patch(
+        &c,
+        &url,
+        &[],
+        json!({"accountid@odata.bind": format!("/accounts({account})")}),
+    )
+    .await;
+    assert_eq!(failure(unknown_nav).await.1, "0x80048d19");
+    let wrong_table = dv_patch(
+        &c,
+        &url,
+        &[],
+        json!({"customerid_account@odata.bind": format!("/contacts({contact})")}),
+    )
+    .await;
+    assert_eq!(failure(wrong_table).await.0, 400);
+    let missing = "99999999-9999-4999-8999-999999999999";
+    let resp = dv_patch(
+        &c,
+        &url,
+        &[],
+        json!({"parentaccountid@odata.bind": format!("/accounts({missing})")}),
+    )
+    .await;
+    assert_eq!(
+        failure(resp).await,
+        (
+            400,
+            "0x80040217".into(),
+            format!("account With Id = {missing} Does Not Exist")
+        )
+    );
+    let direct = dv_patch(&c, &url, &[], json!({"_customerid_value": account})).await;
+    assert_eq!(
+        failure(direct).await.0,
+        400,
+        "lookups are written with @odata.bind only"
+    );
+    let cleared = dv_patch(&c, &url, &[], json!({"parentcontactid@odata.bind": null})).await;
+    assert_eq!(cleared.status(), StatusCode::NO_CONTENT);
+    let row = dv.opportunity("r-l").expect("opportunity");
+    assert!(row.get("_parentcontactid_value").is_none(), "{row}");
+    assert_eq!(row["_customerid_value"], contact.as_str());
+
+    let lead = dv.insert_lead("r-lead", json!({"subject": "s"}));
+    let resp = dv_patch(
+        &c,
+        &url,
+        &[],
+        json!({"originatingleadid@odata.bind": format!("/leads({KEY}='r-lead')")}),
+    )
+    .await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::NO_CONTENT,
+        "binds by alternate key work too"
+    );
+    assert_eq!(
+        dv.opportunity("r-l").unwrap()["_originatingleadid_value"],
+        lead.as_str()
+    );
+}
+
+async fn close(
+    c: &Client,
+    dv: &FakeDataverse,
+    action: &str,
+    status: i64,
+    id: &str,
+    extra: Value,
+) -> reqwest::Response {
+    let mut close = json!({"subject": format!("{action} {id}"), "opportunityid@odata.bind": format!("/opportunities({id})")});
+    close
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    dv_post(
+        c,
+        &dv.url(&format!("{API}/{action}")),
+        json!({"Status": status, "OpportunityClose": close}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn dataverse_win_then_second_win_is_already_closed() {
+    let dv = FakeDataverse::start(KEY).await;
+    let c = client();
+    let id = dv.insert_opportunity(Some("r-w"), json!({"name": "won", "estimatedvalue": 5000}));
+    let resp = close(
+        &c,
+        &dv,
+        "WinOpportunity",
+        3,
+        &id,
+        json!({"description": "Closed from Partner Center"}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(resp.text().await.expect("body").is_empty());
+    let row = dv.opportunity("r-w").expect("opportunity");
+    assert_eq!(
+        (row["statecode"].clone(), row["statuscode"].clone()),
+        (json!(1), json!(3))
+    );
+    assert_eq!(
+        row["actualvalue"], 5000,
+        "defaults to the estimated revenue"
+    );
+    assert_eq!(row["versionnumber"], 2);
+    assert_eq!(row["actualclosedate"].as_str().map(str::len), Some(10));
+    let closes = dv.opportunity_closes();
+    assert_eq!(closes.len(), 1);
+    assert_eq!(closes[0]["_opportunityid_value"], id.as_str());
+    assert_eq!(closes[0]["subject"], format!("WinOpportunity {id}"));
+    assert_eq!(closes[0]["description"], "Closed from Partner Center");
+    assert_eq!(closes[0]["statecode"], 1);
+
+    let again = close(&c, &dv, "WinOpportunity", 3, &id, json!({})).await;
+    assert_eq!(
+        failure(again).await,
+        (
+            400,
+            "0x80040515".into(),
+            "The opportunity is already closed.".into()
+        )
+    );
+    assert_eq!(dv.opportunity_closes().len(), 1);
+    assert_eq!(dv.write_count_on("opportunity"), 1);
+
+    let lost = dv.insert_opportunity(None, json!({"name": "lost", "estimatedvalue": 10}));
+    let bad = close(&c, &dv, "LoseOpportunity", 3, &lost, json!({})).await;
+    assert_eq!(failure(bad).await.1, "0x80048408");
+    let resp = close(
+        &c,
+        &dv,
+        "LoseOpportunity",
+        5,
+        &lost,
+        json!({"actualrevenue": 0, "actualend": "2026-11-30T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let row = dv.opportunity_by_id(&lost).expect("opportunity");
+    assert_eq!(
+        (row["statecode"].clone(), row["statuscode"].clone()),
+        (json!(2), json!(5))
+    );
+    assert_eq!(row["actualvalue"], 0);
+    assert_eq!(row["actualclosedate"], "2026-11-30");
+    assert_eq!(
+        dv.opportunity_closes()[1]["actualend"],
+        "2026-11-30T00:00:00Z"
+    );
+
+    let missing = close(
+        &c,
+        &dv,
+        "WinOpportunity",
+        3,
+        "00000000-0000-4000-8000-00000000000a",
+        json!({}),
+    )
+    .await;
+    assert_eq!(failure(missing).await.0, 404);
+    let unbound = dv_post(
+        &c,
+        &dv.url(&format!("{API}/WinOpportunity")),
+        json!({"Status": 3, "OpportunityClose": {"subject": "x"}}),
+    )
+    .await;
+    assert_eq!(failure(unbound).await.1, "0x80043b15");
+}
+
+#[tokio::test]
+async fn dataverse_opportunity_state_rules_over_patch() {
+    let dv = FakeDataverse::start(KEY).await;
+    let c = client();
+    let id = dv.insert_opportunity(Some("r-s"), json!({"name": "s", "estimatedvalue": 1}));
+    let url = dv.url(&format!("{API}/opportunities({id})"));
+    let resp = dv_patch(&c, &url, &[], json!({"statecode": 1, "statuscode": 3})).await;
+    let (status, code, message) = failure(resp).await;
+    assert_eq!((status, code.as_str()), (400, "0x80100005"));
+    assert!(
+        message.contains("use the WinOpportunityRequest message"),
+        "{message}"
+    );
+    let resp = dv_patch(&c, &url, &[], json!({"statuscode": 4})).await;
+    assert_eq!(
+        failure(resp).await.1,
+        "0x80048408",
+        "Canceled is not an open status"
+    );
+    let resp = dv_patch(&c, &url, &[], json!({"statuscode": 2})).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::NO_CONTENT,
+        "On Hold by PATCH is fine"
+    );
+    let resp = dv_patch(&c, &url, &[], json!({"statecode": 0, "statuscode": 1})).await;
+    assert_eq!(failure(resp).await.1, "0x8004051a", "already open");
+
+    let resp = close(&c, &dv, "WinOpportunity", 3, &id, json!({})).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = dv_patch(&c, &url, &[], json!({"description": "edit"})).await;
+    assert_eq!(
+        failure(resp).await,
+        (
+            400,
+            "0x8004d103".into(),
+            "This opportunity is closed and read-only; reopen it first.".into()
+        )
+    );
+    let resp = dv_patch(
+        &c,
+        &opp_url(&dv, "r-s"),
+        &[],
+        json!({"description": "edit"}),
+    )
+    .await;
+    assert_eq!(failure(resp).await.1, "0x8004d103", "by key too");
+    let resp = dv_patch(
+        &c,
+        &url,
+        &[],
+        json!({"statecode": 0, "statuscode": 1, "name": "x"}),
+    )
+    .await;
+    assert_eq!(
+        failure(resp).await.1,
+        "0x8004d103",
+        "a reopen carries nothing else"
+    );
+    let resp = dv_patch(&c, &url, &[], json!({"statecode": 0, "statuscode": 4})).await;
+    assert_eq!(failure(resp).await.1, "0x80048408");
+    let version = dv.opportunity_by_id(&id).unwrap()["versionnumber"].clone();
+
+    let resp = dv_patch(
+        &c,
+        &url,
+        &[("If-Match", "*")],
+        json!({"statecode": 0, "statuscode": 1}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let row = dv.opportunity_by_id(&id).expect("opportunity");
+    assert_eq!(
+        (row["statecode"].clone(), row["statuscode"].clone()),
+        (json!(0), json!(1))
+    );
+    assert_eq!(row["versionnumber"], version.as_u64().unwrap() + 1);
+    assert_eq!(
+        dv.opportunity_closes()[0]["statecode"],
+        2,
+        "the close activity is canceled"
+    );
+    let resp = dv_patch(&c, &url, &[], json!({"description": "editable again"})).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+
+    dv.set_opportunity_state(&id, 2, 4);
+    assert_eq!(
+        dv.opportunity_closes().len(),
+        2,
+        "a seller's Lose adds a close row"
+    );
+    let resp = dv_patch(&c, &url, &[], json!({"description": "x"})).await;
+    assert_eq!(failure(resp).await.1, "0x8004d103");
+    dv.set_opportunity_column(&id, "description", json!("seller edit"));
+    assert_eq!(
+        dv.opportunity_by_id(&id).unwrap()["description"],
+        "seller edit"
+    );
+}
+
+#[tokio::test]
+async fn dataverse_qualify_lead_does_not_copy_the_key() {
+    let dv = FakeDataverse::start(KEY).await;
+    let c = client();
+    let lead = dv.insert_lead(
+        "r-q",
+        json!({"subject": "Azure migration", "description": "60 VMs", "companyname": "Fabrikam",
+               "firstname": "Ada", "lastname": "Lovelace"}),
+    );
+    let opportunity = dv.qualify_lead("r-q");
+    let row = dv.opportunity_by_id(&opportunity).expect("opportunity");
+    assert_eq!(row["name"], "Azure migration");
+    assert_eq!(row["description"], "60 VMs");
+    assert_eq!(row["_originatingleadid_value"], lead.as_str());
+    assert!(
+        row.get(KEY).is_none(),
+        "custom columns are not mapped: {row}"
+    );
+    assert!(dv.opportunity("r-q").is_none());
+    let accounts = dv.accounts();
+    assert_eq!(accounts.len(), 1);
+    assert_eq!(accounts[0]["name"], "Fabrikam");
+    assert_eq!(row["_customerid_value"], accounts[0]["accountid"]);
+    assert_eq!(
+        row["_transactioncurrencyid_value"],
+        dv.base_currency_id().as_str()
+    );
+    assert_eq!(dv.contacts()[0]["fullname"], "Ada Lovelace");
+    let lead_row = dv.lead("r-q").expect("lead");
+    assert_eq!(
+        (
+            lead_row["statecode"].clone(),
+            lead_row["statuscode"].clone()
+        ),
+        (json!(1), json!(3))
+    );
+    assert_eq!(
+        lead_row["_qualifyingopportunityid_value"],
+        opportunity.as_str()
+    );
+    assert_eq!(dv.lead_by_id(&lead), Some(lead_row.clone()));
+    let resp = dv_get(
+        &c,
+        &format!(
+            "{}?$select=_qualifyingopportunityid_value",
+            lead_url(&dv, "r-q")
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        json_of(resp).await["_qualifyingopportunityid_value"],
+        opportunity.as_str()
+    );
+
+    // The service stamps the key onto the new opportunity itself.
+    let etag = format!("W/\"{}\"", row["versionnumber"]);
+    let resp = dv_patch(
+        &c,
+        &dv.url(&format!("{API}/opportunities({opportunity})")),
+        &[("If-Match", &etag)],
+        json!({KEY: "r-q"}),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        dv.opportunity("r-q").expect("now by key")["opportunityid"],
+        opportunity.as_str()
+    );
+
+    // The HTTP action, with an attribute map for the key.
+    dv.add_qualify_mapping(KEY, KEY);
+    let other = dv.insert_lead("r-q2", json!({"subject": "Second"}));
+    let url = dv.url(&format!(
+        "{API}/leads({other})/Microsoft.Dynamics.CRM.QualifyLead"
+    ));
+    let body = json!({"CreateAccount": true, "CreateContact": true, "CreateOpportunity": true, "Status": 3});
+    let resp = dv_post(&c, &url, body.clone()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let value = json_of(resp).await["value"].clone();
+    assert_eq!(
+        value.as_array().map(Vec::len),
+        Some(1),
+        "no company, no name: only the opportunity: {value}"
+    );
+    assert_eq!(
+        value[0]["@odata.type"],
+        "#Microsoft.Dynamics.CRM.opportunity"
+    );
+    let id = value[0]["opportunityid"].as_str().expect("id");
+    assert_eq!(
+        dv.opportunity("r-q2").expect("mapped key")["opportunityid"],
+        id
+    );
+    assert_eq!(dv.write_count_on("lead"), 1);
+    let again = dv_post(&c, &url, body).await;
+    assert_eq!(
+        failure(again).await,
+        (
+            400,
+            "0x80040519".into(),
+            "The lead is already closed.".into()
+        )
+    );
+    let resp = dv_patch(&c, &lead_url(&dv, "r-q2"), &[], json!({"subject": "x"})).await;
+    assert_eq!(failure(resp).await.0, 400, "a qualified lead is read-only");
+}
+
+#[tokio::test]
+async fn dataverse_key_uniqueness_on_patch_by_id() {
+    let dv = FakeDataverse::start(KEY).await.with_key_column(true);
+    let c = client();
+    dv.insert_opportunity(Some("k1"), json!({"name": "first"}));
+    let second = dv.insert_opportunity(None, json!({"name": "second"}));
+    let url = dv.url(&format!("{API}/opportunities({second})"));
+    let resp = dv_patch(&c, &url, &[], json!({KEY: "k1"})).await;
+    let (status, code, message) = failure(resp).await;
+    assert_eq!((status, code.as_str()), (412, "0x80060892"));
+    assert!(
+        message.starts_with(&format!(
+            "Entity Key {KEY}key violated. A record with the same value for {KEY} already exists."
+        )),
+        "{message}"
+    );
+    assert!(dv.opportunity_by_id(&second).unwrap().get(KEY).is_none());
+    let resp = dv_patch(&c, &url, &[], json!({KEY: "k2"})).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        dv.opportunity("k2").expect("k2")["opportunityid"],
+        second.as_str()
+    );
+    let resp = dv_post(
+        &c,
+        &dv.url(&format!("{API}/opportunities")),
+        json!({"name": "third", KEY: "k1"}),
+    )
+    .await;
+    assert_eq!(failure(resp).await.1, "0x80060892", "POST is checked too");
+
+    dv.insert_lead("a", Value::Null);
+    let b = dv.insert_lead("b", Value::Null);
+    let resp = dv_patch(
+        &c,
+        &dv.url(&format!("{API}/leads({b})")),
+        &[],
+        json!({KEY: "a"}),
+    )
+    .await;
+    assert_eq!(failure(resp).await.1, "0x80060892");
+    assert_eq!(dv.lead_by_id(&b).unwrap()[KEY], "b");
+    assert_eq!(dv.opportunities().len(), 2);
+}
+
+#[tokio::test]
+async fn dataverse_metadata_per_table() {
+    let dv = FakeDataverse::start(KEY).await;
+    dv.set_enforce_schema(true);
+    let c = client();
+    let entity = |t: &str| dv.url(&format!("{API}/EntityDefinitions(LogicalName='{t}')"));
+    let label = |text: &str| json!({"LocalizedLabels": [{"Label": text, "LanguageCode": 1033}]});
+    let link = json!({"@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata", "AttributeType": "String",
+        "SchemaName": "new_ReferralLink", "DisplayName": label("Referral Link"), "FormatName": {"Value": "Url"}, "MaxLength": 500});
+    let resp = dv_post(
+        &c,
+        &format!("{}/Attributes", entity("opportunity")),
+        link.clone(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(
+        resp.headers()["odata-entityid"]
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("{}/Attributes(", entity("opportunity")))
+    );
+    let again = dv_post(
+        &c,
+        &format!("{}/Attributes", entity("opportunity")),
+        link.clone(),
+    )
+    .await;
+    assert_eq!(
+        failure(again).await,
+        (
+            400,
+            "0x80060304".into(),
+            "Attribute new_referrallink already exists for entity opportunity.".into()
+        )
+    );
+    assert!(dv.has_column_on("opportunity", "new_referrallink"));
+    assert!(!dv.has_column_on("lead", "new_referrallink"));
+    let resp = dv_post(&c, &format!("{}/Attributes", entity("lead")), link).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "per table");
+    assert_eq!(
+        dv.attribute("opportunity", "new_referrallink").unwrap()["FormatName"]["Value"],
+        "Url"
+    );
+
+    let picklist = json!({"@odata.type": "Microsoft.Dynamics.CRM.PicklistAttributeMetadata", "SchemaName": "new_ReferralStatus",
+        "OptionSet": {"IsGlobal": false, "OptionSetType": "Picklist", "Options": [
+            {"Value": 727000000, "Label": label("New")}, {"Value": 727000001, "Label": label("Active")}]}});
+    assert_eq!(
+        dv_post(
+            &c,
+            &format!("{}/Attributes", entity("opportunity")),
+            picklist
+        )
+        .await
+        .status(),
+        StatusCode::NO_CONTENT
+    );
+    for (schema, ty) in [("new_Sync", "Boolean"), ("new_Audit", "Memo")] {
+        let body = json!({"@odata.type": format!("Microsoft.Dynamics.CRM.{ty}AttributeMetadata"), "SchemaName": schema, "MaxLength": 1_048_576});
+        assert_eq!(
+            dv_post(&c, &format!("{}/Attributes", entity("opportunity")), body)
+                .await
+                .status(),
+            StatusCode::NO_CONTENT,
+            "{ty}"
+        );
+    }
+    let values: Vec<Value> =
+        dv.attribute("opportunity", "new_referralstatus").unwrap()["OptionSet"]["Options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["Value"].clone())
+            .collect();
+    assert_eq!(values, [json!(727000000), json!(727000001)]);
+    let resp = dv_get(
+        &c,
+        &format!(
+            "{}/Attributes(LogicalName='new_referralstatus')",
+            entity("opportunity")
+        ),
+        &[],
+    )
+    .await;
+    let body = json_of(resp).await;
+    assert_eq!(
+        (body["LogicalName"].clone(), body["AttributeType"].clone()),
+        (json!("new_referralstatus"), json!("Picklist"))
+    );
+    assert_eq!(body["OptionSet"]["Options"][1]["Value"], 727000001);
+    let resp = dv_get(
+        &c,
+        &format!(
+            "{}/Attributes(LogicalName='statuscode')",
+            entity("opportunity")
+        ),
+        &[],
+    )
+    .await;
+    let options = json_of(resp).await["OptionSet"]["Options"].clone();
+    assert!(
+        options
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["Value"] == 5 && o["State"] == 2),
+        "{options}"
+    );
+    let resp = dv_get(
+        &c,
+        &format!(
+            "{}/Attributes(LogicalName='new_referralstatus')",
+            entity("lead")
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(failure(resp).await.0, 404);
+
+    // Keys per table: the opportunity key alone does not make lead addressable.
+    let key = json!({"SchemaName": "new_opportunity_key", "DisplayName": label("k"), "KeyAttributes": [KEY]});
+    let resp = dv_post(&c, &format!("{}/Keys", entity("opportunity")), key.clone()).await;
+    assert_eq!(
+        failure(resp).await.1,
+        "0x80040217",
+        "the key column does not exist yet"
+    );
+    let column = json!({"@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata", "SchemaName": KEY, "MaxLength": 100});
+    assert_eq!(
+        dv_post(&c, &format!("{}/Attributes", entity("opportunity")), column)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        dv_post(&c, &format!("{}/Keys", entity("opportunity")), key)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(dv.key_status_on("opportunity").as_deref(), Some("Pending"));
+    assert_eq!(dv.key_status(), None);
+    let x_url = opp_url(&dv, "x");
+    let write = || {
+        dv_patch(
+            &c,
+            &x_url,
+            &[],
+            json!({"name": "x", "new_referralstatus": 727000001, "new_sync": true}),
+        )
+    };
+    assert_eq!(
+        failure(write().await).await.1,
+        "0x80060888",
+        "key not Active yet"
+    );
+    let keys = format!(
+        "{}/Keys?$select=LogicalName,KeyAttributes,EntityKeyIndexStatus",
+        entity("opportunity")
+    );
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(
+            json_of(dv_get(&c, &keys, &[]).await).await["value"][0]["EntityKeyIndexStatus"].clone(),
+        );
+    }
+    assert_eq!(
+        seen,
+        [json!("Pending"), json!("InProgress"), json!("Active")]
+    );
+    assert_eq!(
+        json_of(dv_get(&c, &format!("{}/Keys", entity("lead")), &[]).await).await["value"],
+        json!([])
+    );
+    assert_eq!(write().await.status(), StatusCode::NO_CONTENT);
+    let resp = dv_patch(
+        &c,
+        &opp_url(&dv, "x"),
+        &[],
+        json!({"new_referralstatus": 5}),
+    )
+    .await;
+    assert_eq!(
+        failure(resp).await.1,
+        "0x8004431a",
+        "a value outside the created choices"
+    );
+    let resp = dv_patch(&c, &opp_url(&dv, "x"), &[], json!({"new_unknown": 5})).await;
+    assert_eq!(failure(resp).await.1, "0x80060888");
+    let resp = dv_get(
+        &c,
+        &format!("{}?$select=name,bogus", opp_url(&dv, "x")),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        failure(resp).await,
+        (
+            400,
+            "0x0".into(),
+            "Could not find a property named 'bogus' on type 'Microsoft.Dynamics.CRM.opportunity'."
+                .into()
+        )
+    );
+    let resp = dv_get(
+        &c,
+        &format!("{}?$select=customerid", opp_url(&dv, "x")),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        failure(resp).await.1,
+        "0x0",
+        "select the _customerid_value instead"
+    );
+    let resp = dv_get(
+        &c,
+        &format!("{}?$select=_customerid_value,new_sync", opp_url(&dv, "x")),
+        &[],
+    )
+    .await;
+    assert_eq!(json_of(resp).await["new_sync"], true);
+    let resp = dv_patch(&c, &lead_url(&dv, "x"), &[], json!({"subject": "x"})).await;
+    assert_eq!(failure(resp).await.1, "0x80060888", "lead has no key");
+
+    let publish = dv_post(&c, &dv.url(&format!("{API}/PublishXml")), json!({"ParameterXml": "<importexportxml><entities><entity>opportunity</entity></entities></importexportxml>"})).await;
+    assert_eq!(publish.status(), StatusCode::NO_CONTENT);
+    let publish = dv_post(&c, &dv.url(&format!("{API}/PublishAllXml")), json!({})).await;
+    assert_eq!(publish.status(), StatusCode::NO_CONTENT);
+    let publish = dv_post(&c, &dv.url(&format!("{API}/PublishXml")), json!({})).await;
+    assert_eq!(failure(publish).await.0, 400);
+
+    let both = FakeDataverse::start(KEY).await.with_key_column(true);
+    assert_eq!(both.key_status_on("opportunity").as_deref(), Some("Active"));
+    assert!(both.has_column_on("opportunity", KEY) && both.has_column(KEY));
+    both.set_schema(false, None);
+    assert!(!both.has_column_on("opportunity", KEY));
+    assert_eq!(both.key_status_on("opportunity"), None);
+}
