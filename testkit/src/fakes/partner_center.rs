@@ -32,6 +32,7 @@ struct State {
     next_link_base: Option<String>,
     registration: Option<Value>,
     validation_events: HashMap<String, Value>,
+    accepted_paths: Option<Vec<String>>,
 }
 
 impl State {
@@ -146,6 +147,14 @@ impl FakePartnerCenter {
         set_pointer(&mut stored.doc, pointer, value)
             .unwrap_or_else(|e| panic!("set_referral_field: {e}"));
         s.bump(id, pointer != "/updatedDateTime");
+    }
+
+    /// Accept only JSON Patch operations on these paths (case-insensitive) and answer 400
+    /// naming the first other path, as a service that documents only some paths may do;
+    /// `None` (the default) accepts every path.
+    pub fn set_accepted_patch_paths(&self, paths: Option<&[&str]>) {
+        lock(&self.state).accepted_paths =
+            paths.map(|p| p.iter().map(|s| (*s).to_owned()).collect());
     }
 
     /// Number of successful PATCHes of referral `id`.
@@ -304,6 +313,19 @@ fn patch_referral(s: &mut State, req: &Recorded, id: &str) -> Reply {
     let Some(ops) = patch.as_array() else {
         return pc_error(400, "BadRequest", "Body must be a JSON Patch array.");
     };
+    if let Some(accepted) = &s.accepted_paths {
+        let refused = ops.iter().find_map(|op| {
+            let path = op.get("path").and_then(Value::as_str).unwrap_or("");
+            (!accepted.iter().any(|a| a.eq_ignore_ascii_case(path))).then_some(path)
+        });
+        if let Some(path) = refused {
+            return pc_error(
+                400,
+                "BadRequest",
+                &format!("The path '{path}' is not supported for update."),
+            );
+        }
+    }
     let mut doc = stored.doc.clone();
     for op in ops {
         if let Err(e) = apply_op(&mut doc, op) {
