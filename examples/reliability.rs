@@ -6,8 +6,12 @@
 //! time. Afterwards every referral must have exactly one correct lead and a consistent
 //! write-back, or sit in the poison queue with its reason.
 //!
+//! With `--target opportunity` the referrals become Dynamics 365 opportunities instead (notes
+//! flowing to `description` on every sync, 50 customers shared between them): then every
+//! referral must end with exactly one correct opportunity and every customer with one account.
+//!
 //! `scripts/reliability.sh` (= `cargo run --release --example reliability`); exits non-zero on
-//! any loss or duplicate. Arguments: `[events] [fault-rate] [seed]`.
+//! any loss or duplicate. Arguments: `[--target lead|opportunity] [events] [fault-rate] [seed]`.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -19,7 +23,12 @@ use std::{
 };
 
 use futures::{StreamExt, stream};
-use referral_connector::{config::Settings, mapping::Mapping, startup::Application};
+use referral_connector::{
+    config::Settings,
+    crm::{RecordKind, dataverse},
+    mapping::Mappings,
+    startup::Application,
+};
 use serde_json::{Value, json};
 use testkit::{
     cert_world::CertWorld,
@@ -29,6 +38,13 @@ use testkit::{
 };
 
 const MAX_DEQUEUE_COUNT: u32 = 5;
+/// Customers the opportunity run spreads its referrals over (so first syncs race for accounts).
+const CUSTOMERS: usize = 50;
+/// The mapping of the run: notes follow the referral on every sync in both tables.
+const MAPPING: &str = r#"{"tables": {
+    "lead": {"columns": {"description": {"from": "details.notes"}}},
+    "opportunity": {"columns": {"description": {"from": "details.notes"}}}
+}}"#;
 const DEADLINE: Duration = Duration::from_secs(20 * 60);
 
 struct Message {
@@ -136,7 +152,19 @@ async fn worker(
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let mut kind = RecordKind::Lead;
+    if let Some(at) = args.iter().position(|a| a == "--target") {
+        kind = match args.get(at + 1).map(String::as_str) {
+            Some("lead") => RecordKind::Lead,
+            Some("opportunity") => RecordKind::Opportunity,
+            other => {
+                eprintln!("--target takes lead or opportunity, not {other:?}");
+                std::process::exit(2);
+            }
+        };
+        args.drain(at..at + 2);
+    }
     let events: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let rate: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0.2);
     let seed: u64 = args
@@ -148,7 +176,7 @@ fn main() {
         .build()
         .unwrap();
     let ok = runtime.block_on(async move {
-        tokio::time::timeout(DEADLINE, run(events, rate, seed))
+        tokio::time::timeout(DEADLINE, run(events, rate, seed, kind))
             .await
             .unwrap_or_else(|_| {
                 println!("FAIL: the run did not finish within {DEADLINE:?}");
@@ -158,12 +186,19 @@ fn main() {
     std::process::exit(if ok { 0 } else { 1 });
 }
 
-async fn run(events: usize, rate: f64, seed: u64) -> bool {
+async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind) -> bool {
     let started = Instant::now();
     let fakes = SyncWorld::start().await;
     let certs = CertWorld::start().await;
+    let mapping_file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(mapping_file.path(), MAPPING).expect("mapping file");
     let mut vars = fakes.vars();
     vars.extend(certs.vars());
+    vars.insert("SYNC_TARGET".into(), kind.name().into());
+    vars.insert(
+        "REFERRAL_MAPPING_FILE".into(),
+        mapping_file.path().display().to_string(),
+    );
     vars.insert("OUTBOUND_TIMEOUT_SECONDS".into(), "1".into());
     vars.insert("SYNC_RETRY_BUDGET_SECONDS".into(), "3".into());
     let mut settings = Settings::from_vars(&vars).expect("settings");
@@ -175,7 +210,11 @@ async fn run(events: usize, rate: f64, seed: u64) -> bool {
 
     let referrals = events / 4;
     for i in 0..referrals {
-        fakes.partner_center.insert_referral(referral(&id(i)));
+        let mut doc = referral(&id(i));
+        if kind == RecordKind::Opportunity {
+            doc["customerProfile"]["name"] = json!(format!("Customer {}", i % CUSTOMERS));
+        }
+        fakes.partner_center.insert_referral(doc);
     }
     // Per referral: created, updated, a duplicate of one of them, and one change followed by
     // its updated event; then the whole stream is shuffled (reordering).
@@ -277,33 +316,41 @@ async fn run(events: usize, rate: f64, seed: u64) -> bool {
             reason,
         );
     }
+    let (records, id_column) = match kind {
+        RecordKind::Lead => (fakes.dataverse.leads(), "leadid"),
+        RecordKind::Opportunity => (fakes.dataverse.opportunities(), "opportunityid"),
+    };
     let mut per_key: HashMap<String, Vec<Value>> = HashMap::new();
-    for lead in fakes.dataverse.leads() {
+    for record in records {
         per_key
-            .entry(lead[KEY_COLUMN].as_str().unwrap_or("").to_owned())
+            .entry(record[KEY_COLUMN].as_str().unwrap_or("").to_owned())
             .or_default()
-            .push(lead);
+            .push(record);
     }
-    let mapping = Mapping::default();
+    let mappings = Mappings::from_json_text(MAPPING, dataverse::default_mapping).expect("mapping");
+    let mapping = mappings.table(kind);
+    let policy = settings.sync.policy.clone();
+    let table = kind.name();
     let (mut correct, mut in_poison, mut lost, mut duplicates, mut stale) = (0, 0, 0, 0, 0);
     for i in 0..referrals {
         let rid = id(i);
         let document = fakes.partner_center.referral(&rid).unwrap();
-        let leads = per_key.get(&rid).cloned().unwrap_or_default();
-        if leads.len() > 1 {
+        let found = per_key.get(&rid).cloned().unwrap_or_default();
+        if found.len() > 1 {
             duplicates += 1;
-            println!("DUPLICATE {rid}: {} leads", leads.len());
+            println!("DUPLICATE {rid}: {} {table} records", found.len());
             continue;
         }
-        let consistent = leads.first().is_some_and(|lead| {
+        let consistent = found.first().is_some_and(|record| {
             let r =
                 referral_connector::domain::Referral::from_json(document.clone(), None).unwrap();
-            let wanted = mapping.lead_columns(&r, false).unwrap();
+            let mut wanted = mapping.record_columns(&r, false).unwrap();
+            wanted.extend(mapping.partner_center_columns(&r, &policy));
             let columns_ok = wanted.iter().all(|(k, v)| {
-                referral_connector::mapping::same_value(v, lead.get(k).unwrap_or(&Value::Null))
+                referral_connector::mapping::same_value(v, record.get(k).unwrap_or(&Value::Null))
             });
             columns_ok
-                && document["externalReferenceId"] == lead["leadid"]
+                && document["externalReferenceId"] == record[id_column]
                 && document["status"] == "Active"
                 && document["substatus"] == "Accepted"
         });
@@ -311,17 +358,23 @@ async fn run(events: usize, rate: f64, seed: u64) -> bool {
             correct += 1;
         } else if poisoned.contains_key(&rid) {
             in_poison += 1;
-        } else if leads.is_empty() {
+        } else if found.is_empty() {
             lost += 1;
-            println!("LOST {rid}: no lead and no poison entry");
+            println!("LOST {rid}: no {table} and no poison entry");
         } else {
             stale += 1;
-            println!("STALE {rid}: lead or write-back differs and no poison entry");
+            println!("STALE {rid}: {table} or write-back differs and no poison entry");
         }
     }
+    let mut accounts: HashMap<String, usize> = HashMap::new();
+    for account in fakes.dataverse.accounts() {
+        let name = account["name"].as_str().unwrap_or("").to_lowercase();
+        *accounts.entry(name).or_default() += 1;
+    }
+    let duplicate_accounts = accounts.values().filter(|n| **n > 1).count();
     let elapsed = started.elapsed();
     println!(
-        "reliability run: {events} events for {referrals} referrals, fault rate {rate} on Partner Center, Dataverse and the token endpoint, seed {seed}"
+        "reliability run ({table}): {events} events for {referrals} referrals, fault rate {rate} on Partner Center, Dataverse and the token endpoint, seed {seed}"
     );
     println!(
         "  webhook callbacks accepted and queued     {}",
@@ -346,11 +399,22 @@ async fn run(events: usize, rate: f64, seed: u64) -> bool {
         poison.len(),
         host.host_poisoned.load(Ordering::Relaxed)
     );
-    println!("  referrals with one correct lead and write-back  {correct}");
+    println!("  referrals with one correct {table} and write-back  {correct}");
     println!("  referrals in poison with a reason               {in_poison}");
     println!("  lost {lost}, stale {stale}, duplicated {duplicates}");
+    if kind == RecordKind::Opportunity {
+        println!(
+            "  accounts {} for {} customers, duplicated {duplicate_accounts}",
+            fakes.dataverse.accounts().len(),
+            CUSTOMERS.min(referrals)
+        );
+    }
     println!("  elapsed {:.1} s", elapsed.as_secs_f64());
-    let ok = lost == 0 && stale == 0 && duplicates == 0 && correct + in_poison == referrals;
+    let ok = lost == 0
+        && stale == 0
+        && duplicates == 0
+        && duplicate_accounts == 0
+        && correct + in_poison == referrals;
     println!(
         "{}",
         if ok {

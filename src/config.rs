@@ -10,7 +10,11 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use azure_core::credentials::Secret;
 use url::Url;
 
-use crate::mapping::{Mapping, MappingError};
+use crate::{
+    crm::dataverse,
+    mapping::{MappingError, Mappings, WriteBackPolicy},
+    sync::SyncTarget,
+};
 
 /// Default prefix of the only certificate location Partner Center has ever used.
 pub const DEFAULT_CERT_URL_PREFIX: &str = "https://3psostorageacct.blob.core.windows.net/cert/";
@@ -146,8 +150,13 @@ pub struct DataverseSettings {
 /// Queue processing behaviour.
 #[derive(Debug, Clone)]
 pub struct SyncSettings {
-    /// Referral to lead mapping (default, or `REFERRAL_MAPPING_FILE`).
-    pub mapping: Mapping,
+    /// Referral to record mapping per table (defaults, changed by `REFERRAL_MAPPING_FILE`).
+    pub mappings: Mappings,
+    /// Which table a referral goes to (`SYNC_TARGET`).
+    pub target: SyncTarget,
+    /// Accepting, closing, the referral link (`REFERRAL_ACCEPT_NEW`,
+    /// `CRM_CLOSE_FROM_REFERRAL`, `REFERRAL_LINK_TEMPLATE`).
+    pub policy: WriteBackPolicy,
     /// Must equal host.json `maxDequeueCount` (`SYNC_MAX_DEQUEUE_COUNT`).
     pub max_dequeue_count: u32,
     /// Longest time one invocation waits in-process for throttling or transient errors
@@ -303,36 +312,60 @@ impl Settings {
             client_secret: secret("AZURE_CLIENT_SECRET"),
         };
 
-        let mut mapping = match get("REFERRAL_MAPPING_FILE")? {
-            Some(path) => Mapping::from_file(std::path::Path::new(&path))
-                .map_err(|source| ConfigError::Mapping { path, source })?,
-            None => Mapping::default(),
+        let mappings = match get("REFERRAL_MAPPING_FILE")? {
+            Some(path) => {
+                Mappings::from_file(std::path::Path::new(&path), dataverse::default_mapping)
+                    .map_err(|source| ConfigError::Mapping { path, source })?
+            }
+            None => Mappings::defaults(dataverse::default_mapping),
         };
-        if mapping
-            .rules()
-            .iter()
-            .any(|r| r.column == dataverse.key_column)
-        {
-            return Err(ConfigError::Invalid {
-                name: "REFERRAL_MAPPING_FILE",
-                reason: format!(
-                    "columns.{} is the key column (DATAVERSE_REFERRAL_KEY_COLUMN) and is set by the connector",
-                    dataverse.key_column
-                ),
-            });
-        }
-        mapping.set_accept_new(match get("REFERRAL_ACCEPT_NEW")?.as_deref() {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
+        for table in [&mappings.lead, &mappings.opportunity] {
+            if table
+                .rules()
+                .iter()
+                .any(|r| r.column == dataverse.key_column)
+                || table
+                    .partner_center
+                    .names()
+                    .contains(&dataverse.key_column.as_str())
+            {
+                let prefix = match table.kind {
+                    crate::crm::RecordKind::Lead => String::new(),
+                    kind => format!("tables.{kind}."),
+                };
                 return Err(ConfigError::Invalid {
-                    name: "REFERRAL_ACCEPT_NEW",
-                    reason: format!("`{other}` is not true or false (default true)"),
+                    name: "REFERRAL_MAPPING_FILE",
+                    reason: format!(
+                        "{prefix}columns.{} is the key column (DATAVERSE_REFERRAL_KEY_COLUMN) and is set by the connector",
+                        dataverse.key_column
+                    ),
                 });
             }
-        });
+        }
+        let target = match get("SYNC_TARGET")? {
+            None => SyncTarget::default(),
+            Some(raw) => SyncTarget::parse(&raw).ok_or_else(|| ConfigError::Invalid {
+                name: "SYNC_TARGET",
+                reason: format!("`{raw}` is not one of {} (default lead)", SyncTarget::NAMES),
+            })?,
+        };
+        let policy = WriteBackPolicy {
+            accept_new: parse_bool("REFERRAL_ACCEPT_NEW", get("REFERRAL_ACCEPT_NEW")?, true)?,
+            close_from_referral: parse_bool(
+                "CRM_CLOSE_FROM_REFERRAL",
+                get("CRM_CLOSE_FROM_REFERRAL")?,
+                true,
+            )?,
+            link_template: match get("REFERRAL_LINK_TEMPLATE")? {
+                None => WriteBackPolicy::default().link_template,
+                Some(template) => parse_link_template(&template)?,
+            },
+            optional_paths: true,
+        };
         let sync = SyncSettings {
-            mapping,
+            mappings,
+            target,
+            policy,
             max_dequeue_count: max_dequeue_count(
                 get(HOST_MAX_DEQUEUE_COUNT)?
                     .and_then(|v| v.parse::<u32>().ok())
@@ -365,6 +398,39 @@ impl Settings {
             sync,
             http,
         })
+    }
+}
+
+/// `true` or `false`, else an error naming the setting.
+fn parse_bool(name: &'static str, raw: Option<String>, default: bool) -> Result<bool, ConfigError> {
+    match raw.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(_) => Err(ConfigError::Invalid {
+            name,
+            reason: format!(
+                "`{}` is not true or false (default {default})",
+                raw.unwrap_or_default()
+            ),
+        }),
+    }
+}
+
+/// An https URL with `{id}` where the referral id goes.
+fn parse_link_template(template: &str) -> Result<String, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        name: "REFERRAL_LINK_TEMPLATE",
+        reason: format!(
+            "`{template}` {reason}, e.g. https://partner.microsoft.com/dashboard/referrals/v2/leads/{{id}}"
+        ),
+    };
+    if !template.contains("{id}") {
+        return Err(invalid("has no {id} for the referral id"));
+    }
+    match Url::parse(&template.replace("{id}", "00000000-0000-0000-0000-000000000000")) {
+        Ok(url) if url.scheme() == "https" => Ok(template.to_owned()),
+        _ => Err(invalid("is not an https URL")),
     }
 }
 
@@ -683,19 +749,38 @@ mod tests {
 
     #[test]
     fn auto_accept_is_on_by_default_and_can_be_turned_off() {
-        let accepts = |s: Settings| {
-            s.sync.mapping != {
-                let mut m = Mapping::default();
-                m.set_accept_new(false);
-                m
-            }
-        };
+        let accepts = |s: Settings| s.sync.policy.accept_new;
         assert!(accepts(Settings::from_vars(&HashMap::new()).unwrap()));
         assert!(!accepts(
             Settings::from_vars(&vars(&[("REFERRAL_ACCEPT_NEW", "false")])).unwrap()
         ));
         let err = Settings::from_vars(&vars(&[("REFERRAL_ACCEPT_NEW", "no")])).unwrap_err();
         assert!(err.to_string().contains("REFERRAL_ACCEPT_NEW"));
+    }
+
+    #[test]
+    fn table_choice_close_and_link_settings() {
+        let defaults = Settings::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(defaults.sync.target, SyncTarget::Lead);
+        assert!(defaults.sync.policy.close_from_referral);
+        let set = Settings::from_vars(&vars(&[
+            ("SYNC_TARGET", "auto"),
+            ("CRM_CLOSE_FROM_REFERRAL", "false"),
+            ("REFERRAL_LINK_TEMPLATE", "https://pc.example/r/{id}"),
+        ]))
+        .unwrap();
+        assert_eq!(set.sync.target, SyncTarget::Auto);
+        assert!(!set.sync.policy.close_from_referral);
+        assert_eq!(set.sync.policy.link_template, "https://pc.example/r/{id}");
+        for (name, value) in [
+            ("SYNC_TARGET", "leads"),
+            ("CRM_CLOSE_FROM_REFERRAL", "yes"),
+            ("REFERRAL_LINK_TEMPLATE", "https://pc.example/r/"),
+            ("REFERRAL_LINK_TEMPLATE", "http://pc.example/r/{id}"),
+        ] {
+            let err = Settings::from_vars(&vars(&[(name, value)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={value}: {err}");
+        }
     }
 
     #[test]

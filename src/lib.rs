@@ -1,12 +1,14 @@
 //! referral-connector: an Azure Functions custom handler that turns every Partner Center
-//! referral into exactly one up-to-date Dynamics 365 lead and writes the lead's id and state
-//! back to the referral, plus the operator commands that set it up and recover from gaps.
+//! referral into exactly one up-to-date CRM record (a Dynamics 365 lead or opportunity) and
+//! writes the record's id and state back to the referral, plus the operator commands that set
+//! it up and recover from gaps. `routes` are the functions, `sync` the CRM-neutral core with
+//! one module per direction, `crm` the interface with one module per CRM adapter.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod config;
-pub mod dataverse;
+pub mod crm;
 pub mod domain;
 pub mod envelope;
 pub mod http;

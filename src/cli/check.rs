@@ -11,7 +11,10 @@ use super::{
 };
 use crate::{
     config::Settings,
-    dataverse::DataverseClient,
+    crm::{
+        RecordKind,
+        dataverse::{self, DataverseClient},
+    },
     partner_center::{ListQuery, PartnerCenterClient},
     tokens::PARTNER_CENTER_SCOPE,
 };
@@ -94,7 +97,7 @@ pub async fn run(
 
     match DataverseClient::from_settings(settings, http) {
         Err(e) => report.fail("Dataverse", &e.to_string(), "set DATAVERSE_URL and AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET (or use a managed identity)")?,
-        Ok(client) => check_dataverse(&mut report, &client).await?,
+        Ok(client) => check_dataverse(&mut report, &client, settings).await?,
     }
     writeln!(
         report.out,
@@ -107,6 +110,7 @@ pub async fn run(
 async fn check_dataverse<W: Write>(
     report: &mut Report<'_, W>,
     client: &DataverseClient,
+    settings: &Settings,
 ) -> anyhow::Result<()> {
     if let Err(e) = client.token().await {
         report.fail(
@@ -129,28 +133,66 @@ async fn check_dataverse<W: Write>(
         }
     }
     let column = client.key_column().to_owned();
-    match client.key_column_exists().await {
-        Ok(true) => report.pass("Key column", &format!("lead.{column} exists"))?,
-        Ok(false) => report.fail(
-            "Key column",
-            &format!("lead.{column} does not exist"),
-            "run `referral-connector setup dataverse`",
-        )?,
-        Err(e) => report.fail(
-            "Key column",
-            &e.to_string(),
-            "the application user needs read access to table metadata",
-        )?,
-    }
-    match client.key_status().await {
-        Ok(Some(status)) if status == "Active" => report.pass("Alternate key", &format!("the key on {column} is Active"))?,
-        Ok(Some(status)) => report.fail(
-            "Alternate key",
-            &format!("the key on {column} is {status}"),
-            "wait for it to become Active (`referral-connector setup dataverse` waits), or reactivate it if Failed",
-        )?,
-        Ok(None) => report.fail("Alternate key", &format!("no alternate key on {column}"), "run `referral-connector setup dataverse`")?,
-        Err(e) => report.fail("Alternate key", &e.to_string(), "the application user needs read access to table metadata")?,
+    let target = settings.sync.target;
+    for kind in RecordKind::ALL {
+        let table = dataverse::table(kind);
+        let name = table.logical;
+        let synced = target.kinds().contains(&kind);
+        match client.column_exists(table, &column).await {
+            Ok(true) => report.pass("Key column", &format!("{name}.{column} exists"))?,
+            Ok(false) => report.fail(
+                "Key column",
+                &format!("{name}.{column} does not exist"),
+                "run `referral-connector setup dataverse`",
+            )?,
+            Err(e) => report.fail(
+                "Key column",
+                &e.to_string(),
+                "the application user needs read access to table metadata",
+            )?,
+        }
+        match client.key_status(table).await {
+            Ok(Some(status)) if status == "Active" => report.pass("Alternate key", &format!("the key on {name}.{column} is Active"))?,
+            Ok(Some(status)) => report.fail(
+                "Alternate key",
+                &format!("the key on {name}.{column} is {status}"),
+                "wait for it to become Active (`referral-connector setup dataverse` waits), or reactivate it if Failed",
+            )?,
+            Ok(None) => report.fail("Alternate key", &format!("no alternate key on {name}.{column}"), "run `referral-connector setup dataverse`")?,
+            Err(e) => report.fail("Alternate key", &e.to_string(), "the application user needs read access to table metadata")?,
+        }
+        if !synced {
+            continue;
+        }
+        let mapping = settings.sync.mappings.table(kind);
+        let mut missing = Vec::new();
+        for (pc_column, _) in dataverse::partner_center_column_metadata(mapping) {
+            match client.column_exists(table, &pc_column).await {
+                Ok(true) => {}
+                Ok(false) => missing.push(pc_column),
+                Err(e) => {
+                    report.fail(
+                        "Partner Center columns",
+                        &e.to_string(),
+                        "the application user needs read access to table metadata",
+                    )?;
+                    missing.clear();
+                    break;
+                }
+            }
+        }
+        if missing.is_empty() {
+            report.pass(
+                "Partner Center columns",
+                &format!("{name} has {}", mapping.partner_center.names().join(", ")),
+            )?;
+        } else {
+            report.fail(
+                "Partner Center columns",
+                &format!("{name} lacks {}", missing.join(", ")),
+                "run `referral-connector setup dataverse`",
+            )?;
+        }
     }
     Ok(())
 }

@@ -1,11 +1,9 @@
 //! Domain types: parsed once at the edge, trusted everywhere below it.
 
-pub mod lead;
 pub mod referral;
 pub mod referral_id;
 pub mod webhook_event;
 
-pub use lead::{Lead, LeadState};
 pub use referral::{Referral, ReferralError, ReferralStatus};
 pub use referral_id::{ReferralId, ReferralIdError};
 pub use webhook_event::{EventError, EventName, WebhookEvent};

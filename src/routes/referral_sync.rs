@@ -55,7 +55,7 @@ pub async fn handle(
     match result {
         Ok(report) => {
             let line = report.describe();
-            tracing::info!(outcome = report.summary(), lead_id = %report.lead_id, "{line}");
+            tracing::info!(outcome = report.summary(), table = report.kind.name(), record_id = %report.record_id, "{line}");
             SyncAnswer {
                 success: true,
                 response: InvokeResponse::default().log(line),

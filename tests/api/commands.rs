@@ -457,10 +457,21 @@ async fn backfill_dry_run_writes_nothing_and_failures_fail_the_command() {
 }
 
 #[tokio::test]
-async fn check_passes_on_a_complete_setup_and_writes_nothing() {
+async fn check_passes_after_setup_and_writes_nothing() {
     let fakes = SyncWorld::start().await;
     let settings = sync_settings(&fakes, &[]);
-    fakes.dataverse.set_schema(true, Some("Active"));
+    fakes.dataverse.set_schema(false, None);
+    assert!(
+        cli::setup::dataverse(
+            &settings,
+            Duration::from_secs(10),
+            Duration::ZERO,
+            &mut Vec::new()
+        )
+        .await
+        .unwrap()
+    );
+    fakes.dataverse.clear_requests();
     fakes.partner_center.insert_referral(referral(REFERRAL_ID));
     fakes.partner_center.set_registration(Some(json!({"WebhookUrl": URL, "WebhookEvents": referral_connector::domain::EventName::SUBSCRIBED})));
     let mut out = Vec::new();
@@ -478,12 +489,15 @@ async fn check_passes_on_a_complete_setup_and_writes_nothing() {
         "PASS  Webhook registration",
         "PASS  Dataverse token",
         "PASS  Dataverse WhoAmI",
-        "PASS  Key column",
-        "PASS  Alternate key",
+        "PASS  Key column: lead.",
+        "PASS  Alternate key: the key on lead.",
+        "PASS  Partner Center columns: lead has new_partnercenterlink",
+        "PASS  Key column: opportunity.",
+        "PASS  Alternate key: the key on opportunity.",
     ] {
         assert!(printed.contains(line), "{line} in\n{printed}");
     }
-    assert!(printed.contains("7 passed, 0 failed"));
+    assert!(printed.contains("10 passed, 0 failed"), "{printed}");
     assert!(!printed.contains("function-key-value"));
     let writes = fakes
         .partner_center
@@ -535,7 +549,7 @@ async fn check_reports_each_problem_with_its_fix() {
 }
 
 #[tokio::test]
-async fn setup_dataverse_creates_the_column_and_key_once_and_waits_for_active() {
+async fn setup_dataverse_creates_the_columns_and_keys_once_and_waits_for_active() {
     let fakes = SyncWorld::start().await;
     let settings = sync_settings(&fakes, &[]);
     fakes.dataverse.set_schema(false, None);
@@ -546,26 +560,73 @@ async fn setup_dataverse_creates_the_column_and_key_once_and_waits_for_active() 
             .unwrap()
     );
     let printed = text(&out);
+    for table in ["lead", "opportunity"] {
+        assert!(
+            printed.contains(&format!(
+                "created column {table}.new_partnercenterreferralid"
+            )),
+            "{printed}"
+        );
+        assert!(
+            printed.contains(&format!("created alternate key on {table}.")),
+            "{printed}"
+        );
+        assert_eq!(
+            fakes.dataverse.key_status_on(table).as_deref(),
+            Some("Active")
+        );
+        for column in [
+            "new_partnercenterreferralid",
+            "new_partnercenterlink",
+            "new_partnercentersyncstatus",
+            "new_partnercenteraudit",
+        ] {
+            assert!(
+                fakes.dataverse.has_column_on(table, column),
+                "{table}.{column}"
+            );
+        }
+    }
+    for column in [
+        "new_syncwithpartnercenter",
+        "new_microsofthelp",
+        "new_partnercentersolutions",
+    ] {
+        assert!(
+            fakes.dataverse.has_column_on("opportunity", column),
+            "{column}"
+        );
+        assert!(
+            !fakes.dataverse.has_column_on("lead", column),
+            "{column} is not on lead"
+        );
+    }
+    let help = fakes
+        .dataverse
+        .attribute("opportunity", "new_microsofthelp")
+        .expect("choice column");
+    let values: Vec<i64> = help["OptionSet"]["Options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["Value"].as_i64().unwrap())
+        .collect();
+    assert_eq!(values, (100_000_001..=100_000_006).collect::<Vec<_>>());
     assert!(
-        printed.contains("created column lead.new_partnercenterreferralid"),
+        printed.contains("published the lead and opportunity customizations"),
         "{printed}"
     );
-    assert!(printed.contains("created alternate key"), "{printed}");
     assert!(printed.contains("waiting: key index is"), "{printed}");
     assert!(
-        printed.ends_with("alternate key is Active: ready\n"),
+        printed.ends_with("alternate keys on lead and opportunity are Active: ready\n"),
         "{printed}"
-    );
-    let attribute = &fakes.dataverse.requests_matching("POST", "/Attributes")[0];
-    assert_eq!(
-        attribute.json()["SchemaName"],
-        "new_partnercenterreferralid"
     );
     let key = &fakes.dataverse.requests_matching("POST", "/Keys")[0];
     assert_eq!(
         key.json()["KeyAttributes"],
         json!(["new_partnercenterreferralid"])
     );
+    let created = fakes.dataverse.count("POST", "");
 
     let mut out = Vec::new();
     assert!(
@@ -574,10 +635,11 @@ async fn setup_dataverse_creates_the_column_and_key_once_and_waits_for_active() 
             .unwrap()
     );
     assert!(text(&out).contains("column lead.new_partnercenterreferralid exists"));
+    assert!(text(&out).contains("column opportunity.new_microsofthelp exists"));
     assert_eq!(
         fakes.dataverse.count("POST", ""),
-        2,
-        "idempotent: nothing created the second time"
+        created,
+        "idempotent: nothing created or published the second time"
     );
 }
 

@@ -147,7 +147,42 @@ async fn a_changed_referral_updates_only_the_changed_columns() {
     assert!(answer["Logs"][0].as_str().unwrap().contains("lead updated"));
     assert_eq!(w.lead(REFERRAL_ID)["description"], "Now 60 VMs");
     let patch = &w.fakes.dataverse.requests_matching("PATCH", "leads(")[0];
-    assert_eq!(patch.json(), json!({"description": "Now 60 VMs"}));
+    let body = patch.json();
+    let mut columns: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    columns.sort_unstable();
+    assert_eq!(
+        columns,
+        [
+            "description",
+            "new_partnercenteraudit",
+            "new_partnercentersyncstatus"
+        ],
+        "the changed column, plus the status and audit a seller sees"
+    );
+    assert_eq!(body["description"], "Now 60 VMs");
+    assert!(
+        body["new_partnercentersyncstatus"]
+            .as_str()
+            .unwrap()
+            .starts_with("synced 20")
+    );
+    let audit = body["new_partnercenteraudit"].as_str().unwrap();
+    let lines: Vec<&str> = audit.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "newest first, above the create line: {audit}"
+    );
+    assert!(
+        lines[0].ends_with("from Partner Center: updated the lead (description)"),
+        "{audit}"
+    );
+    assert!(lines[1].contains("created the lead"), "{audit}");
     assert!(patch.header("if-match").unwrap().starts_with("W/"));
     assert_eq!(
         w.fakes.partner_center.patch_count(REFERRAL_ID),

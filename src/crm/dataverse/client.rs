@@ -1,5 +1,6 @@
-//! Dataverse Web API client: read and upsert the lead by its referral-id alternate key, and
-//! the few metadata calls that `check` and `setup dataverse` need.
+//! The Dataverse Web API client: rows of any table by id or by the referral-id alternate key
+//! (read, conditional upsert), simple queries, unbound actions, and the metadata calls that
+//! `check` and `setup dataverse` need. It knows HTTP and OData, not the sync.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use crate::{
-    domain::{Lead, ReferralId},
+    domain::ReferralId,
     http::{AuthorizedClient, CallError, RetryPolicy, join_url},
     tokens::dataverse_scope,
 };
@@ -18,10 +19,10 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum DataverseError {
     /// 412: a create-only upsert found the key taken, or the row version changed.
-    #[error("the lead changed or already exists (412 Precondition Failed)")]
+    #[error("the row changed or already exists (412 Precondition Failed)")]
     Conflict,
     /// 404 on an update-only upsert.
-    #[error("the lead no longer exists (404)")]
+    #[error("the row no longer exists (404)")]
     Gone,
     /// The call failed (status, transport or token).
     #[error("Dataverse: {0}")]
@@ -32,6 +33,15 @@ impl DataverseError {
     /// Whether a later attempt may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Call(e) if e.is_transient())
+    }
+
+    /// The Dataverse `error.code` of a failed call (`0x80040515`), when the body had one.
+    pub fn code(&self) -> Option<String> {
+        let Self::Call(CallError::Status { body, .. }) = self else {
+            return None;
+        };
+        let body: Value = serde_json::from_str(body).ok()?;
+        body.pointer("/error/code")?.as_str().map(str::to_owned)
     }
 }
 
@@ -44,11 +54,51 @@ pub enum Condition {
     IfMatch(String),
 }
 
-/// The result of an upsert.
-#[derive(Debug, Clone)]
-pub struct Upserted {
-    /// The lead as returned (`$select` columns).
-    pub lead: Lead,
+/// A Dataverse table the connector writes: its logical name, entity set and primary key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    /// Logical name (`lead`).
+    pub logical: &'static str,
+    /// Entity set (`leads`).
+    pub set: &'static str,
+    /// Primary key column (`leadid`).
+    pub id: &'static str,
+}
+
+impl Table {
+    /// `lead`.
+    pub const LEAD: Table = Table {
+        logical: "lead",
+        set: "leads",
+        id: "leadid",
+    };
+    /// `opportunity`.
+    pub const OPPORTUNITY: Table = Table {
+        logical: "opportunity",
+        set: "opportunities",
+        id: "opportunityid",
+    };
+    /// `account`.
+    pub const ACCOUNT: Table = Table {
+        logical: "account",
+        set: "accounts",
+        id: "accountid",
+    };
+    /// `transactioncurrency`.
+    pub const CURRENCY: Table = Table {
+        logical: "transactioncurrency",
+        set: "transactioncurrencies",
+        id: "transactioncurrencyid",
+    };
+}
+
+/// How a request addresses a row.
+#[derive(Debug, Clone, Copy)]
+pub enum Row<'a> {
+    /// By the referral-id alternate key.
+    Key(&'a ReferralId),
+    /// By primary key (a GUID).
+    Id(&'a str),
 }
 
 /// Dataverse client.
@@ -61,7 +111,7 @@ pub struct DataverseClient {
 }
 
 impl DataverseClient {
-    /// A client for the environment at `base`, addressing leads by `key_column`.
+    /// A client for the environment at `base`, addressing rows by `key_column`.
     pub fn new(
         http: reqwest::Client,
         base: Url,
@@ -104,16 +154,24 @@ impl DataverseClient {
         &self.key_column
     }
 
+    /// The environment's URL.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
     fn api(&self, path_and_query: &str) -> Result<Url, CallError> {
         join_url(&self.base, &format!("/api/data/v9.2/{path_and_query}"))
     }
 
-    fn lead_url(&self, id: &ReferralId, select: &[&str]) -> Result<Url, CallError> {
-        // A ReferralId is a GUID, so it needs no quoting or escaping inside the key literal.
+    fn row_url(&self, table: Table, row: Row<'_>, select: &[&str]) -> Result<Url, CallError> {
+        // A ReferralId and a row id are GUIDs, so they need no quoting or escaping.
+        let address = match row {
+            Row::Key(id) => format!("{}='{id}'", self.key_column),
+            Row::Id(id) => id.to_owned(),
+        };
         self.api(&format!(
-            "leads({}='{}')?$select={}",
-            self.key_column,
-            id,
+            "{}({address})?$select={}",
+            table.set,
             select.join(",")
         ))
     }
@@ -135,42 +193,41 @@ impl DataverseClient {
             .await
     }
 
-    async fn entity(response: reqwest::Response) -> Result<Lead, CallError> {
-        let body: Map<String, Value> = crate::http::decode(response).await?;
-        Lead::from_entity(body).ok_or_else(|| CallError::Decode("the lead has no leadid".into()))
-    }
-
-    /// Reads the lead with this referral id, or `None`.
-    #[tracing::instrument(skip_all, fields(referral_id = %id))]
-    pub async fn get_lead(
+    /// Reads one row, or `None`.
+    #[tracing::instrument(skip_all, fields(table = table.logical))]
+    pub async fn get(
         &self,
-        id: &ReferralId,
+        table: Table,
+        row: Row<'_>,
         select: &[&str],
-    ) -> Result<Option<Lead>, DataverseError> {
+    ) -> Result<Option<Map<String, Value>>, DataverseError> {
+        let what = format!("read {}", table.logical);
         let response = self
-            .send("read lead", Method::GET, self.lead_url(id, select)?, |r| r)
+            .send(&what, Method::GET, self.row_url(table, row, select)?, |r| r)
             .await?;
         match response.status() {
-            StatusCode::OK => Ok(Some(Self::entity(response).await?)),
+            StatusCode::OK => Ok(Some(crate::http::decode(response).await?)),
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(CallError::from_response(response).await.into()),
         }
     }
 
-    /// Upserts by the alternate key in one request and returns the `$select` columns.
-    #[tracing::instrument(skip_all, fields(referral_id = %id, columns = columns.len()))]
-    pub async fn upsert_lead(
+    /// Upserts one row in one request and returns the `$select` columns.
+    #[tracing::instrument(skip_all, fields(table = table.logical, columns = columns.len()))]
+    pub async fn upsert(
         &self,
-        id: &ReferralId,
+        table: Table,
+        row: Row<'_>,
         columns: &Map<String, Value>,
         condition: &Condition,
         select: &[&str],
-    ) -> Result<Upserted, DataverseError> {
+    ) -> Result<Map<String, Value>, DataverseError> {
+        let what = format!("upsert {}", table.logical);
         let response = self
             .send(
-                "upsert lead",
+                &what,
                 Method::PATCH,
-                self.lead_url(id, select)?,
+                self.row_url(table, row, select)?,
                 |r| {
                     let r = r
                         .header("Content-Type", "application/json")
@@ -184,13 +241,57 @@ impl DataverseClient {
             )
             .await?;
         match response.status() {
-            StatusCode::OK | StatusCode::CREATED => Ok(Upserted {
-                lead: Self::entity(response).await?,
-            }),
+            StatusCode::OK | StatusCode::CREATED => Ok(crate::http::decode(response).await?),
             StatusCode::PRECONDITION_FAILED => Err(DataverseError::Conflict),
             StatusCode::NOT_FOUND => Err(DataverseError::Gone),
-            _ => Err(CallError::from_response(response).await.into()),
+            _ => {
+                let error = DataverseError::Call(CallError::from_response(response).await);
+                // DuplicateRecordEntityKey: another row already holds the key value.
+                if error.code().as_deref() == Some("0x80060892") {
+                    return Err(DataverseError::Conflict);
+                }
+                Err(error)
+            }
         }
+    }
+
+    /// The rows of `table` matching an OData `$filter` (at most `top`).
+    pub async fn query(
+        &self,
+        table: Table,
+        select: &[&str],
+        filter: &str,
+        top: usize,
+    ) -> Result<Vec<Map<String, Value>>, DataverseError> {
+        let url = self.api(&format!(
+            "{}?$select={}&$filter={}&$top={top}",
+            table.set,
+            select.join(","),
+            encode_component(filter)
+        ))?;
+        let what = format!("query {}", table.set);
+        let response = self.send(&what, Method::GET, url, |r| r).await?;
+        let body: Value = crate::http::json_body(response).await?;
+        Ok(body
+            .get("value")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|row| row.as_object().cloned())
+            .collect())
+    }
+
+    /// Calls an unbound action (`WinOpportunity`) with a JSON body.
+    pub async fn action(&self, name: &str, body: &Value) -> Result<(), DataverseError> {
+        let response = self
+            .send(name, Method::POST, self.api(name)?, |r| {
+                r.header("Content-Type", "application/json").json(body)
+            })
+            .await?;
+        if !response.status().is_success() {
+            return Err(CallError::from_response(response).await.into());
+        }
+        Ok(())
     }
 
     /// `WhoAmI`: the application user's id.
@@ -206,15 +307,13 @@ impl DataverseClient {
             .to_owned())
     }
 
-    /// Whether the key column exists on `lead`.
-    pub async fn key_column_exists(&self) -> Result<bool, DataverseError> {
+    /// Whether `column` exists on `table`.
+    pub async fn column_exists(&self, table: Table, column: &str) -> Result<bool, DataverseError> {
         let url = self.api(&format!(
-            "EntityDefinitions(LogicalName='lead')/Attributes(LogicalName='{}')?$select=LogicalName",
-            self.key_column
+            "EntityDefinitions(LogicalName='{}')/Attributes(LogicalName='{column}')?$select=LogicalName",
+            table.logical
         ))?;
-        let response = self
-            .send("read key column", Method::GET, url, |r| r)
-            .await?;
+        let response = self.send("read column", Method::GET, url, |r| r).await?;
         match response.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -223,9 +322,12 @@ impl DataverseClient {
     }
 
     /// The index status (`Pending`, `InProgress`, `Active`, `Failed`) of the alternate key on
-    /// exactly the key column, or `None` when there is no such key.
-    pub async fn key_status(&self) -> Result<Option<String>, DataverseError> {
-        let url = self.api("EntityDefinitions(LogicalName='lead')/Keys?$select=LogicalName,KeyAttributes,EntityKeyIndexStatus")?;
+    /// exactly the key column of `table`, or `None` when there is no such key.
+    pub async fn key_status(&self, table: Table) -> Result<Option<String>, DataverseError> {
+        let url = self.api(&format!(
+            "EntityDefinitions(LogicalName='{}')/Keys?$select=LogicalName,KeyAttributes,EntityKeyIndexStatus",
+            table.logical
+        ))?;
         let response = self
             .send("read alternate keys", Method::GET, url, |r| r)
             .await?;
@@ -248,9 +350,21 @@ impl DataverseClient {
         Ok(status)
     }
 
-    /// Creates the key column (single line of text, 100 characters).
-    pub async fn create_key_column(&self) -> Result<(), DataverseError> {
-        let url = self.api("EntityDefinitions(LogicalName='lead')/Attributes")?;
+    /// Creates a column on `table` from its attribute metadata.
+    pub async fn create_column(
+        &self,
+        table: Table,
+        metadata: &Value,
+    ) -> Result<(), DataverseError> {
+        let url = self.api(&format!(
+            "EntityDefinitions(LogicalName='{}')/Attributes",
+            table.logical
+        ))?;
+        self.write_metadata("create column", url, metadata).await
+    }
+
+    /// Creates the key column on `table` (single line of text, 100 characters).
+    pub async fn create_key_column(&self, table: Table) -> Result<(), DataverseError> {
         let body = serde_json::json!({
             "@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata",
             "AttributeType": "String",
@@ -262,19 +376,38 @@ impl DataverseClient {
             "DisplayName": label("Partner Center referral id"),
             "Description": label("Partner Center referral id; alternate key used by referral-connector"),
         });
-        self.write_metadata("create key column", url, &body).await
+        self.create_column(table, &body).await
     }
 
-    /// Creates the alternate key on the key column.
-    pub async fn create_key(&self) -> Result<(), DataverseError> {
-        let url = self.api("EntityDefinitions(LogicalName='lead')/Keys")?;
+    /// Creates the alternate key on the key column of `table`.
+    pub async fn create_key(&self, table: Table) -> Result<(), DataverseError> {
+        let url = self.api(&format!(
+            "EntityDefinitions(LogicalName='{}')/Keys",
+            table.logical
+        ))?;
+        let schema_name = match table.logical {
+            "lead" => format!("{}_key", self.key_column),
+            other => format!("{}_{other}_key", self.key_column),
+        };
         let body = serde_json::json!({
-            "SchemaName": format!("{}_key", self.key_column),
+            "SchemaName": schema_name,
             "DisplayName": label("Partner Center referral id"),
             "KeyAttributes": [self.key_column],
         });
         self.write_metadata("create alternate key", url, &body)
             .await
+    }
+
+    /// Publishes the customizations of these tables (`PublishXml`).
+    pub async fn publish(&self, tables: &[Table]) -> Result<(), DataverseError> {
+        let entities: String = tables
+            .iter()
+            .map(|t| format!("<entity>{}</entity>", t.logical))
+            .collect();
+        let body = serde_json::json!({
+            "ParameterXml": format!("<importexportxml><entities>{entities}</entities></importexportxml>"),
+        });
+        self.action("PublishXml", &body).await
     }
 
     async fn write_metadata(
@@ -295,6 +428,40 @@ impl DataverseClient {
     }
 }
 
-fn label(text: &str) -> Value {
+/// A Dataverse label in English (1033).
+pub fn label(text: &str) -> Value {
     serde_json::json!({"LocalizedLabels": [{"Label": text, "LanguageCode": 1033}]})
+}
+
+/// Percent-encodes a query value (spaces as `%20`, never `+`).
+fn encode_component(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~'()".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// An OData string literal: single quotes doubled (the query encoding escapes the rest).
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_double_single_quotes() {
+        assert_eq!(literal("O'Brien & Sons"), "'O''Brien & Sons'");
+        assert_eq!(literal(""), "''");
+        assert_eq!(
+            encode_component("name eq 'O''Brien & Sons'"),
+            "name%20eq%20'O''Brien%20%26%20Sons'"
+        );
+    }
 }

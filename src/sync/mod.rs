@@ -1,0 +1,440 @@
+//! The sync, CRM-neutral: the queue message, the one error enum and its one retry decision,
+//! the report, and the `Syncer` that holds Partner Center, the CRM adapter and the mappings.
+//! Each direction is its own module; `to_crm` is Partner Center → CRM.
+
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::{
+    config::{ConfigError, Settings},
+    crm::{Crm, CrmError, Outcome, RecordKind, RecordState, dataverse::DataverseCrm},
+    domain::{Referral, ReferralId},
+    mapping::{MapError, Mappings, WriteBackPolicy},
+    partner_center::{PartnerCenterClient, PartnerCenterError},
+};
+
+pub mod to_crm;
+
+/// Which table a referral goes to (`SYNC_TARGET`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncTarget {
+    /// Every referral becomes a lead (the default).
+    #[default]
+    Lead,
+    /// Every referral becomes an opportunity.
+    Opportunity,
+    /// Leads (`Direct` or `MarketingQualified`, type not `Shared`) to the lead table,
+    /// everything else (co-sell opportunities) to the opportunity table.
+    Auto,
+}
+
+impl SyncTarget {
+    /// The setting's values.
+    pub const NAMES: &'static str = "lead, opportunity or auto";
+
+    /// Parses the setting.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "lead" => Some(Self::Lead),
+            "opportunity" => Some(Self::Opportunity),
+            "auto" => Some(Self::Auto),
+            _ => None,
+        }
+    }
+
+    /// The tables this target writes (and `check` verifies).
+    pub fn kinds(&self) -> &'static [RecordKind] {
+        match self {
+            Self::Lead => &[RecordKind::Lead],
+            Self::Opportunity => &[RecordKind::Opportunity],
+            Self::Auto => &RecordKind::ALL,
+        }
+    }
+
+    /// The table a referral without a record goes to.
+    pub fn route(&self, referral: &Referral) -> RecordKind {
+        match self {
+            Self::Lead => RecordKind::Lead,
+            Self::Opportunity => RecordKind::Opportunity,
+            Self::Auto => {
+                let is = |field: &str, values: &[&str]| {
+                    referral
+                        .text(field)
+                        .is_some_and(|v| values.iter().any(|x| v.eq_ignore_ascii_case(x)))
+                };
+                if is("qualification", &["Direct", "MarketingQualified"])
+                    && !is("type", &["Shared"])
+                {
+                    RecordKind::Lead
+                } else {
+                    RecordKind::Opportunity
+                }
+            }
+        }
+    }
+}
+
+/// What happened to the CRM record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// A new record was created.
+    Created,
+    /// A qualified lead's opportunity was linked to the referral.
+    Adopted,
+    /// Changed columns were written.
+    Updated,
+    /// Nothing differed; nothing was written.
+    Unchanged,
+    /// Closed, qualified or disqualified: read-only, not written.
+    ReadOnly(RecordState),
+}
+
+/// What happened to the referral.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteBackOutcome {
+    /// The JSON Patch was applied.
+    Patched,
+    /// Nothing would change; no PATCH was sent.
+    Unchanged,
+    /// The referral is closed; never patched.
+    SkippedClosed,
+}
+
+/// The result of one sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Which referral.
+    pub referral_id: ReferralId,
+    /// The table of its record.
+    pub kind: RecordKind,
+    /// The record id.
+    pub record_id: String,
+    /// Record side.
+    pub record: RecordOutcome,
+    /// The opportunity was closed from Partner Center.
+    pub closed: Option<Outcome>,
+    /// Referral side.
+    pub write_back: WriteBackOutcome,
+}
+
+impl SyncReport {
+    /// `created`, `updated` or `unchanged`, as operators read it.
+    pub fn summary(&self) -> &'static str {
+        match (&self.record, self.write_back, &self.closed) {
+            (RecordOutcome::Created, _, _) => "created",
+            (RecordOutcome::Updated | RecordOutcome::Adopted, _, _)
+            | (_, WriteBackOutcome::Patched, _)
+            | (_, _, Some(_)) => "updated",
+            _ => "unchanged",
+        }
+    }
+
+    /// One line for logs and output.
+    pub fn describe(&self) -> String {
+        let kind = self.kind;
+        let record = match &self.record {
+            RecordOutcome::Created => format!("{kind} created"),
+            RecordOutcome::Adopted => format!("{kind} adopted from the qualified lead"),
+            RecordOutcome::Updated => format!("{kind} updated"),
+            RecordOutcome::Unchanged => format!("{kind} unchanged"),
+            RecordOutcome::ReadOnly(state) => {
+                format!("{kind} {} (read-only, not written)", state.name())
+            }
+        };
+        let closed = match &self.closed {
+            Some(Outcome::Won) => ", closed as won",
+            Some(Outcome::Lost { .. }) => ", closed as lost",
+            None => "",
+        };
+        let referral = match self.write_back {
+            WriteBackOutcome::Patched => "referral patched",
+            WriteBackOutcome::Unchanged => "referral unchanged",
+            WriteBackOutcome::SkippedClosed => "referral closed (never patched)",
+        };
+        format!(
+            "referral {}: {record} ({}){closed}, {referral}",
+            self.referral_id, self.record_id
+        )
+    }
+}
+
+/// Why a sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The queue message is not a sync request.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// A setting the sync needs is missing or wrong.
+    #[error("not configured: {0}")]
+    NotConfigured(String),
+    /// The referral does not exist (after re-reading).
+    #[error("referral {0} was not found in Partner Center")]
+    ReferralNotFound(ReferralId),
+    /// Partner Center failed.
+    #[error(transparent)]
+    PartnerCenter(#[from] PartnerCenterError),
+    /// The CRM failed.
+    #[error(transparent)]
+    Crm(#[from] CrmError),
+    /// A referral value does not fit its column.
+    #[error("mapping: {0}")]
+    Mapping(#[from] MapError),
+    /// 412s kept coming.
+    #[error("the referral or its CRM record kept changing during the sync (412 on every attempt)")]
+    Conflicts,
+}
+
+/// What the queue function does with a failed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Answer non-2xx: the host makes the message visible again later.
+    RetryLater(String),
+    /// Answer 2xx and write the message with this reason to the poison queue.
+    GiveUp(String),
+}
+
+impl SyncError {
+    /// The one decision: transient (timeouts, connection errors, 408, 429, 5xx, token endpoint
+    /// down, configuration not yet present, persistent conflicts) is retried by the queue;
+    /// everything else is permanent.
+    pub fn disposition(&self) -> Disposition {
+        let reason = self.to_string();
+        let transient = match self {
+            Self::NotConfigured(_) | Self::Conflicts => true,
+            Self::PartnerCenter(e) => e.is_transient(),
+            Self::Crm(e) => e.is_transient(),
+            Self::Malformed(_) | Self::ReferralNotFound(_) | Self::Mapping(_) => false,
+        };
+        if transient {
+            Disposition::RetryLater(reason)
+        } else {
+            Disposition::GiveUp(reason)
+        }
+    }
+}
+
+/// The queue message the webhook writes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncMessage {
+    /// The referral to sync.
+    pub referral_id: ReferralId,
+    /// The event that caused it (informational).
+    #[serde(default)]
+    pub event_name: Option<String>,
+}
+
+impl SyncMessage {
+    /// Parses the message text: the webhook's JSON object, or a bare referral id.
+    pub fn parse(text: &str) -> Result<Self, SyncError> {
+        let trimmed = text.trim();
+        if let Ok(referral_id) = ReferralId::parse(trimmed) {
+            return Ok(Self {
+                referral_id,
+                event_name: None,
+            });
+        }
+        serde_json::from_str(trimmed).map_err(|e| {
+            SyncError::Malformed(format!("expected {{\"referralId\": \"<guid>\"}}: {e}"))
+        })
+    }
+}
+
+/// Runs syncs; shared by the queue function and the operator commands.
+#[derive(Debug, Clone)]
+pub struct Syncer {
+    partner_center: PartnerCenterClient,
+    crm: Arc<dyn Crm>,
+    mappings: Arc<Mappings>,
+    target: SyncTarget,
+    policy: WriteBackPolicy,
+    /// Set once Partner Center refused the optional write-back paths (400): from then on this
+    /// process sends only status and substatus, so replays stay no-ops.
+    optional_refused: Arc<AtomicBool>,
+    not_found_retries: u32,
+    not_found_delay: Duration,
+}
+
+impl Syncer {
+    /// Wires the clients from settings. Fails naming the first missing or unusable setting.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let http = crate::http::client(&settings.http)?;
+        let (partner_center, _) = PartnerCenterClient::from_settings(settings, http.clone())?;
+        let dataverse = crate::crm::dataverse::DataverseClient::from_settings(settings, http)?;
+        Ok(Self::new(
+            partner_center,
+            Arc::new(DataverseCrm::from(dataverse)),
+            settings,
+        ))
+    }
+
+    /// A syncer over any CRM adapter, with the sync settings.
+    pub fn new(
+        partner_center: PartnerCenterClient,
+        crm: Arc<dyn Crm>,
+        settings: &Settings,
+    ) -> Self {
+        Self {
+            partner_center,
+            crm,
+            mappings: Arc::new(settings.sync.mappings.clone()),
+            target: settings.sync.target,
+            policy: settings.sync.policy.clone(),
+            optional_refused: Arc::default(),
+            not_found_retries: settings.sync.not_found_retries,
+            not_found_delay: settings.sync.retry_min_delay.max(Duration::from_millis(50)),
+        }
+    }
+
+    /// The Partner Center client (for operator commands).
+    pub fn partner_center(&self) -> &PartnerCenterClient {
+        &self.partner_center
+    }
+
+    /// The CRM adapter.
+    pub fn crm(&self) -> &dyn Crm {
+        self.crm.as_ref()
+    }
+
+    /// The table choice.
+    pub fn target(&self) -> SyncTarget {
+        self.target
+    }
+
+    async fn read_referral(&self, id: &ReferralId) -> Result<Referral, SyncError> {
+        let mut attempt = 0;
+        loop {
+            match self.partner_center.get_referral(id).await {
+                Err(PartnerCenterError::NotFound(_)) if attempt < self.not_found_retries => {
+                    attempt += 1;
+                    tokio::time::sleep(self.not_found_delay * 2u32.pow(attempt)).await;
+                }
+                Err(PartnerCenterError::NotFound(_)) => {
+                    return Err(SyncError::ReferralNotFound(id.clone()));
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{crm::dataverse::DataverseError, http::CallError};
+
+    #[test]
+    fn messages_parse_from_the_webhook_object_or_a_bare_id() {
+        let id = "c5fbb3b6-be74-4795-9fb5-4324c73fed37";
+        let m = SyncMessage::parse(&format!(
+            r#"{{"referralId":"{id}","eventName":"referral-created"}}"#
+        ))
+        .unwrap();
+        assert_eq!(m.referral_id.as_str(), id);
+        assert_eq!(SyncMessage::parse(id).unwrap().referral_id.as_str(), id);
+        for bad in ["", "{}", "[]", r#"{"referralId":"nope"}"#, "not json"] {
+            assert!(
+                matches!(SyncMessage::parse(bad), Err(SyncError::Malformed(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn auto_routes_leads_to_lead_and_co_sell_to_opportunity() {
+        let cases = [
+            ("Direct", "Independent", RecordKind::Lead),
+            ("MarketingQualified", "Independent", RecordKind::Lead),
+            ("marketingqualified", "", RecordKind::Lead),
+            ("Direct", "Shared", RecordKind::Opportunity),
+            ("SalesQualified", "Independent", RecordKind::Opportunity),
+            ("None", "Independent", RecordKind::Opportunity),
+            ("", "", RecordKind::Opportunity),
+        ];
+        for (qualification, kind, expected) in cases {
+            let referral = Referral::from_json(
+                json!({"id": "c5fbb3b6-be74-4795-9fb5-4324c73fed37", "status": "New",
+                       "qualification": qualification, "type": kind}),
+                None,
+            )
+            .unwrap();
+            assert_eq!(
+                SyncTarget::Auto.route(&referral),
+                expected,
+                "{qualification}/{kind}"
+            );
+            assert_eq!(SyncTarget::Lead.route(&referral), RecordKind::Lead);
+            assert_eq!(
+                SyncTarget::Opportunity.route(&referral),
+                RecordKind::Opportunity
+            );
+        }
+        assert_eq!(SyncTarget::parse(" Auto "), Some(SyncTarget::Auto));
+        assert_eq!(SyncTarget::parse("leads"), None);
+    }
+
+    #[test]
+    fn disposition_table() {
+        let id = ReferralId::parse("c5fbb3b6-be74-4795-9fb5-4324c73fed37").unwrap();
+        let status = |s: u16| CallError::Status {
+            status: reqwest::StatusCode::from_u16(s).unwrap(),
+            body: String::new(),
+            retry_after: None,
+        };
+        let dataverse = |e: DataverseError| -> SyncError {
+            SyncError::Crm(match e {
+                DataverseError::Call(source) => CrmError::Call {
+                    crm: "Dataverse",
+                    source,
+                },
+                DataverseError::Conflict => CrmError::Conflict(RecordKind::Lead),
+                DataverseError::Gone => CrmError::Gone(RecordKind::Lead),
+            })
+        };
+        let retry = [
+            SyncError::PartnerCenter(PartnerCenterError::Call(status(429))),
+            SyncError::PartnerCenter(PartnerCenterError::Call(status(503))),
+            dataverse(DataverseError::Call(status(500))),
+            dataverse(DataverseError::Call(CallError::Transport(
+                "timed out".into(),
+            ))),
+            SyncError::PartnerCenter(PartnerCenterError::Call(CallError::Token {
+                message: "down".into(),
+                transient: true,
+            })),
+            SyncError::NotConfigured("DATAVERSE_URL".into()),
+            SyncError::Conflicts,
+        ];
+        for e in retry {
+            assert!(matches!(e.disposition(), Disposition::RetryLater(_)), "{e}");
+        }
+        let give_up = [
+            SyncError::Malformed("x".into()),
+            SyncError::ReferralNotFound(id),
+            dataverse(DataverseError::Call(status(400))),
+            SyncError::Crm(CrmError::Rejected {
+                crm: "Dataverse",
+                message: "closed".into(),
+            }),
+            SyncError::PartnerCenter(PartnerCenterError::Call(status(403))),
+            SyncError::PartnerCenter(PartnerCenterError::Call(CallError::Token {
+                message: "invalid_grant".into(),
+                transient: false,
+            })),
+            SyncError::Mapping(MapError {
+                column: "c".into(),
+                field: "f".into(),
+                reason: "r".into(),
+            }),
+        ];
+        for e in give_up {
+            assert!(matches!(e.disposition(), Disposition::GiveUp(_)), "{e}");
+        }
+    }
+}
