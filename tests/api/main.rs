@@ -1,8 +1,10 @@
 //! Integration tests: the handler against local fakes of every external system.
 
 mod commands;
+mod conformance;
 mod helpers;
 mod host_contract;
+mod opportunity;
 mod referral_sync;
 mod schemas;
 mod webhook;
