@@ -52,82 +52,135 @@ where
     count as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Requests per sync and syncs per second for one `SYNC_TARGET`.
+struct Figures {
+    first_create: usize,
+    create: usize,
+    create_new_account: usize,
+    update: usize,
+    noop: usize,
+    tokens_first: usize,
+    tokens_later: usize,
+    creates: f64,
+    noops: f64,
+    raw: f64,
+}
+
+async fn measure(target: &str) -> Figures {
+    let world = SyncWorld::start().await;
+    let mut vars = world.vars();
+    vars.insert("SYNC_RETRY_BUDGET_SECONDS".into(), "5".into());
+    vars.insert("SYNC_TARGET".into(), target.into());
+    let mut settings = Settings::from_vars(&vars).unwrap();
+    settings.http.extra_root_pems = vec![world.root_pem()];
+    settings.sync.retry_min_delay = Duration::from_millis(10);
+    let app = Application::build(&settings).await.unwrap();
+    let address = Arc::new(format!("http://127.0.0.1:{}", app.port()));
+    tokio::spawn(app.run_until(std::future::pending()));
+    let client = reqwest::Client::new();
+
+    // The first sync of the process: tokens fetched (counted apart), the currency looked up
+    // and the account created.
+    world.partner_center.insert_referral(referral(&id(999_999)));
+    clear(&world);
+    invoke(&client, &address, &id(999_999)).await;
+    let first_create = requests(&world);
+    let tokens_first = world.entra.requests().len();
+
+    let a = id(0);
+    world.partner_center.insert_referral(referral(&a));
+    clear(&world);
+    invoke(&client, &address, &a).await;
+    let create = requests(&world);
+    let tokens_later = world.entra.requests().len() - tokens_first;
+
+    let b = id(999_998);
+    let mut other = referral(&b);
+    other["customerProfile"]["name"] = json!("Northwind Traders");
+    world.partner_center.insert_referral(other);
+    clear(&world);
+    invoke(&client, &address, &b).await;
+    let create_new_account = requests(&world);
+
+    world
+        .partner_center
+        .set_referral_field(&a, "/details/notes", json!("updated notes"));
+    clear(&world);
+    invoke(&client, &address, &a).await;
+    let update = requests(&world);
+
+    clear(&world);
+    invoke(&client, &address, &a).await;
+    let noop = requests(&world);
+
+    for i in 1..=N {
+        world.partner_center.insert_referral(referral(&id(i)));
+    }
+    let creates = rate(N, |i| {
+        let (client, address) = (client.clone(), address.clone());
+        async move { invoke(&client, &address, &id(i + 1)).await }
+    })
+    .await;
+    let noops = rate(N, |i| {
+        let (client, address) = (client.clone(), address.clone());
+        async move { invoke(&client, &address, &id(i + 1)).await }
+    })
+    .await;
+    let records = match target {
+        "lead" => world.dataverse.leads().len(),
+        _ => world.dataverse.opportunities().len(),
+    };
+    assert_eq!(records, N + 3, "exactly one {target} per referral");
+
+    let pc = Arc::new(world.partner_center.base_url());
+    let raw = rate(N * 2, |i| {
+        let (client, pc) = (client.clone(), pc.clone());
+        async move {
+            let r = client
+                .get(format!("{pc}/v1.0/engagements/referrals/{}", id(i % N + 1)))
+                .bearer_auth("bench")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await.unwrap();
+        }
+    })
+    .await;
+    Figures {
+        first_create,
+        create,
+        create_new_account,
+        update,
+        noop,
+        tokens_first,
+        tokens_later,
+        creates,
+        noops,
+        raw,
+    }
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let world = SyncWorld::start().await;
-        let mut vars = world.vars();
-        vars.insert("SYNC_RETRY_BUDGET_SECONDS".into(), "5".into());
-        let mut settings = Settings::from_vars(&vars).unwrap();
-        settings.http.extra_root_pems = vec![world.root_pem()];
-        settings.sync.retry_min_delay = Duration::from_millis(10);
-        let app = Application::build(&settings).await.unwrap();
-        let address = Arc::new(format!("http://127.0.0.1:{}", app.port()));
-        tokio::spawn(app.run_until(std::future::pending()));
-        let client = reqwest::Client::new();
-
-        world.partner_center.insert_referral(referral(&id(999_999)));
-        invoke(&client, &address, &id(999_999)).await;
-        let tokens_first = world.entra.requests().len();
-
-        let a = id(0);
-        world.partner_center.insert_referral(referral(&a));
-        clear(&world);
-        invoke(&client, &address, &a).await;
-        let create = requests(&world);
-        let tokens_after = world.entra.requests().len();
-
-        world.partner_center.set_referral_field(&a, "/details/notes", json!("updated notes"));
-        clear(&world);
-        invoke(&client, &address, &a).await;
-        let update = requests(&world);
-
-        clear(&world);
-        invoke(&client, &address, &a).await;
-        let noop = requests(&world);
-
-        for i in 1..=N {
-            world.partner_center.insert_referral(referral(&id(i)));
+        println!("sync benchmark ({} cores, {N} referrals per table, {CONCURRENCY} concurrent invocations)", std::thread::available_parallelism().map_or(1, |n| n.get()));
+        for (target, create_target) in [("lead", 4), ("opportunity", 7)] {
+            let f = measure(target).await;
+            println!("SYNC_TARGET={target}");
+            println!("  requests per sync with tokens cached (targets: no-op <= 2, create <= {create_target})");
+            println!("    create, first of the process      {}", f.first_create);
+            println!("    create                            {}", f.create);
+            println!("    create, another customer          {}", f.create_new_account);
+            println!("    referral notes changed            {}", f.update);
+            println!("    no-op                             {}", f.noop);
+            println!("  token requests: {} on the first sync, {} on later ones", f.tokens_first, f.tokens_later);
+            println!("  reference: raw GET round trips to the fakes   {:>8.0}/s  (=> at most {:.0} creates/s, {:.0} no-ops/s)", f.raw, f.raw / f.create as f64, f.raw / f.noop as f64);
+            println!("  end-to-end syncs through /ReferralSync, create {:>8.0}/s  = {:.2} of that bound", f.creates, f.creates / (f.raw / f.create as f64));
+            println!("  end-to-end syncs through /ReferralSync, no-op  {:>8.0}/s  = {:.2} of that bound", f.noops, f.noops / (f.raw / f.noop as f64));
         }
-        let creates = rate(N, |i| {
-            let (client, address) = (client.clone(), address.clone());
-            async move { invoke(&client, &address, &id(i + 1)).await }
-        })
-        .await;
-        let noops = rate(N, |i| {
-            let (client, address) = (client.clone(), address.clone());
-            async move { invoke(&client, &address, &id(i + 1)).await }
-        })
-        .await;
-        assert_eq!(world.dataverse.leads().len(), N + 2, "exactly one lead per referral");
-
-        let pc = Arc::new(world.partner_center.base_url());
-        let raw = rate(N * 2, |i| {
-            let (client, pc) = (client.clone(), pc.clone());
-            async move {
-                let r = client
-                    .get(format!("{pc}/v1.0/engagements/referrals/{}", id(i % N + 1)))
-                    .bearer_auth("bench")
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-                let _ = r.bytes().await.unwrap();
-            }
-        })
-        .await;
-
-        println!("sync benchmark ({} cores, {N} referrals, {CONCURRENCY} concurrent invocations)", std::thread::available_parallelism().map_or(1, |n| n.get()));
-        println!("  requests per sync with tokens cached (targets: no-op = 2, create <= 4)");
-        println!("    create   {create}");
-        println!("    update   {update}");
-        println!("    no-op    {noop}");
-        println!("  token requests: {tokens_first} on the first sync, {} on later ones", tokens_after - tokens_first);
-        println!("  reference: raw GET round trips to the fakes   {raw:>8.0}/s  (=> at most {:.0} creates/s, {:.0} no-ops/s)", raw / create as f64, raw / noop as f64);
-        println!("  end-to-end syncs through /ReferralSync, create {creates:>8.0}/s  = {:.2} of that bound", creates / (raw / create as f64));
-        println!("  end-to-end syncs through /ReferralSync, no-op  {noops:>8.0}/s  = {:.2} of that bound", noops / (raw / noop as f64));
     });
 }
