@@ -9,7 +9,12 @@ use time::{
     Date, OffsetDateTime, PrimitiveDateTime, Time, format_description::well_known::Rfc3339,
 };
 
-use crate::{config::Settings, domain::ReferralId, partner_center::ListQuery, sync::Syncer};
+use crate::{
+    config::Settings,
+    domain::ReferralId,
+    partner_center::ListQuery,
+    sync::{SyncReport, Syncer},
+};
 
 /// Backfill options.
 #[derive(Debug, Clone)]
@@ -106,7 +111,7 @@ pub async fn run(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let results: Vec<(ReferralId, Result<&'static str, String>)> = stream::iter(ids)
+    let results: Vec<(ReferralId, Result<SyncReport, String>)> = stream::iter(ids)
         .map(|id| {
             let syncer = &syncer;
             async move {
@@ -115,7 +120,7 @@ pub async fn run(
                 } else {
                     syncer.sync(&id).await
                 };
-                (id, result.map(|r| r.summary()).map_err(|e| e.to_string()))
+                (id, result.map_err(|e| e.to_string()))
             }
         })
         .buffer_unordered(options.concurrency.max(1))
@@ -127,12 +132,25 @@ pub async fn run(
     let count = |what: &str| {
         results
             .iter()
-            .filter(|(_, r)| r.as_ref().is_ok_and(|s| *s == what))
+            .filter(|(_, r)| r.as_ref().is_ok_and(|s| s.summary() == what))
             .count()
     };
-    let failures: Vec<&(ReferralId, Result<&str, String>)> =
+    let failures: Vec<&(ReferralId, Result<SyncReport, String>)> =
         results.iter().filter(|(_, r)| r.is_err()).collect();
     let verb = if options.dry_run { "would be " } else { "" };
+    for (id, result) in &results {
+        if let Ok(report) = result
+            && report.summary() != "unchanged"
+        {
+            writeln!(
+                out,
+                "{id} {verb}{}: {} {}",
+                report.summary(),
+                report.kind,
+                report.record_id
+            )?;
+        }
+    }
     writeln!(
         out,
         "{} {verb}created, {} {verb}updated, {} unchanged, {} failed",

@@ -247,6 +247,14 @@ async fn sync_command_prints_one_outcome_per_id() {
         lines[0].starts_with(&format!("{REFERRAL_ID} created")),
         "{lines:?}"
     );
+    let lead = fakes.dataverse.lead(REFERRAL_ID).expect("lead");
+    assert!(
+        lines[0].contains(&format!(
+            "lead created ({})",
+            lead["leadid"].as_str().unwrap()
+        )),
+        "the table and the record id: {lines:?}"
+    );
     assert!(
         lines[1].starts_with(&format!("{REFERRAL_ID} unchanged")),
         "{lines:?}"
@@ -330,6 +338,16 @@ async fn backfill_of_2000_referrals_over_20_pages_is_exact_bounded_and_honours_4
         printed.contains("2000 created, 0 updated, 0 unchanged, 0 failed"),
         "{printed}"
     );
+    let lead = fakes.dataverse.lead(&id(1234)).expect("lead");
+    assert!(
+        printed.contains(&format!(
+            "{} created: lead {}",
+            id(1234),
+            lead["leadid"].as_str().unwrap()
+        )),
+        "each created referral names its table and record"
+    );
+    assert_eq!(printed.matches(" created: lead ").count(), 2000);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "the Retry-After second was waited"
