@@ -12,7 +12,7 @@ use url::Url;
 
 use crate::{
     crm::dataverse,
-    mapping::{MappingError, Mappings, WriteBackPolicy},
+    mapping::{MappingError, Mappings, WriteBackPolicy, rules::is_logical_name},
     sync::SyncTarget,
 };
 
@@ -594,14 +594,6 @@ fn is_key_vault_reference(value: &str) -> bool {
         .is_some_and(|p| p.eq_ignore_ascii_case("@Microsoft.KeyVault("))
 }
 
-/// Dataverse logical names: lowercase ASCII letters, digits and underscores, starting with a letter.
-pub fn is_logical_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && name.len() <= 50
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
 /// A secret setting: unset, set, or still holding an App Service Key Vault reference.
 #[derive(Debug, Clone, Default)]
 pub enum SecretSetting {
@@ -905,6 +897,41 @@ mod tests {
         assert!(
             Settings::from_vars(&vars(&[("REFERRAL_MAPPING_FILE", file)])).is_ok(),
             "the same rule is fine when another column is the key"
+        );
+        std::fs::write(
+            &path,
+            r#"{"tables": {"opportunity": {"columns": {"new_partnercenterreferralid": {"from": "id"}}}}}"#,
+        )
+        .unwrap();
+        let err = Settings::from_vars(&vars(&[("REFERRAL_MAPPING_FILE", file)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "tables.opportunity.columns.new_partnercenterreferralid is the key column"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_table_section_in_the_mapping_file_stops_the_start_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mapping.json");
+        std::fs::write(
+            &path,
+            r#"{"tables": {"opportunity": {"columns": {"estimatedvalue": {"from": "details.dealValue", "type": "currency"}}}}}"#,
+        )
+        .unwrap();
+        let err = Settings::from_vars(&vars(&[("REFERRAL_MAPPING_FILE", path.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("REFERRAL_MAPPING_FILE ")
+                && err.contains(
+                    "tables.opportunity.columns.estimatedvalue.type: `currency` is not one of"
+                ),
+            "{err}"
         );
     }
 

@@ -12,7 +12,6 @@ use serde_json::{Map, Value};
 use crate::{
     domain::{Referral, ReferralId},
     http::CallError,
-    mapping::TableMapping,
 };
 
 pub mod dataverse;
@@ -193,9 +192,6 @@ impl CrmError {
 pub trait Crm: Send + Sync + fmt::Debug {
     /// The CRM's name, for messages (`Dataverse`).
     fn name(&self) -> &'static str;
-
-    /// The default mapping of a record kind, before the mapping file changes it.
-    fn default_mapping(&self, kind: RecordKind) -> TableMapping;
 
     /// Reads the record of `kind` whose key column holds `key`, with these mapped columns (the
     /// adapter adds what it needs for id, version, state and key).

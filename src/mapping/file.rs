@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::{
     Mappings, TableMapping,
-    rules::{ColumnKind, ColumnRule, Direction, FieldPath, Source},
+    rules::{ColumnKind, ColumnRule, Direction, FieldPath, Source, is_logical_name},
 };
 use crate::crm::RecordKind;
 
@@ -181,7 +181,7 @@ fn apply_section(
     }
     for (column, rule) in columns {
         let here = format!("{prefix}columns.{column}");
-        if !crate::config::is_logical_name(column) {
+        if !is_logical_name(column) {
             return Err(field_error(
                 &here,
                 format!(
@@ -218,7 +218,7 @@ fn apply_section(
                     known = true;
                     *slot = match value {
                         Value::Null => None,
-                        Value::String(s) if crate::config::is_logical_name(s) => Some(s.clone()),
+                        Value::String(s) if is_logical_name(s) => Some(s.clone()),
                         _ => {
                             return Err(field_error(
                                 &format!("{here}.{name}"),
@@ -428,4 +428,92 @@ fn parse_rule(
             .map_err(|e| err("value", e.reason))?;
     }
     Ok(rule)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crm::dataverse::default_mapping;
+
+    fn parse(text: &str) -> Result<Mappings, MappingError> {
+        Mappings::from_json_text(text, default_mapping)
+    }
+
+    #[test]
+    fn table_sections_change_each_table_and_the_top_level_still_means_lead() {
+        let m = parse(
+            r#"{"columns": {"telephone1": null},
+                "tables": {"opportunity": {
+                    "columns": {"description": {"from": "details.notes"}, "name": null},
+                    "partnerCenterColumns": {"link": "cr5a1_link", "solutions": null}}}}"#,
+        )
+        .unwrap();
+        assert!(!m.lead.rules.iter().any(|r| r.column == "telephone1"));
+        assert!(m.lead.rules.iter().any(|r| r.column == "subject"));
+        let o = &m.opportunity;
+        let description = o.rules.iter().find(|r| r.column == "description").unwrap();
+        assert_eq!(description.direction, Direction::PcToCrm);
+        assert!(!o.rules.iter().any(|r| r.column == "name"));
+        assert_eq!(o.partner_center.link.as_deref(), Some("cr5a1_link"));
+        assert_eq!(o.partner_center.solutions, None);
+        assert_eq!(
+            o.partner_center.audit.as_deref(),
+            Some("new_partnercenteraudit")
+        );
+        let only_tables =
+            parse(r#"{"tables": {"lead": {"replaceDefaults": true, "columns": {"subject": {"from": "name"}}}}}"#)
+                .unwrap();
+        assert_eq!(only_tables.lead.rules.len(), 1);
+        assert_eq!(
+            only_tables.opportunity,
+            Mappings::defaults(default_mapping).opportunity
+        );
+    }
+
+    #[test]
+    fn bad_table_sections_name_the_field() {
+        let cases = [
+            (r#"{"tables": []}"#, "tables"),
+            (r#"{"tables": {"account": {}}}"#, "tables.account"),
+            (r#"{"tables": {"opportunity": []}}"#, "tables.opportunity"),
+            (
+                r#"{"tables": {"opportunity": {"colums": {}}}}"#,
+                "tables.opportunity.colums",
+            ),
+            (
+                r#"{"tables": {"opportunity": {"columns": {"statecode": {"value": 1}}}}}"#,
+                "tables.opportunity.columns.statecode",
+            ),
+            (
+                r#"{"tables": {"opportunity": {"columns": {"customerid": {"from": "x"}}}}}"#,
+                "tables.opportunity.columns.customerid",
+            ),
+            (
+                r#"{"tables": {"opportunity": {"columns": {"new_partnercenteraudit": {"from": "x"}}}}}"#,
+                "tables.opportunity.columns.new_partnercenteraudit",
+            ),
+            (
+                r#"{"tables": {"opportunity": {"columns": {"name": {"from": "name", "direction": "up"}}}}}"#,
+                "tables.opportunity.columns.name.direction",
+            ),
+            (
+                r#"{"tables": {"opportunity": {"partnerCenterColumns": {"link": "Bad-Name"}}}}"#,
+                "tables.opportunity.partnerCenterColumns.link",
+            ),
+            (
+                r#"{"tables": {"opportunity": {"partnerCenterColumns": {"notes": "new_x"}}}}"#,
+                "tables.opportunity.partnerCenterColumns.notes",
+            ),
+            (
+                r#"{"columns": {}, "tables": {"lead": {"columns": {}}}}"#,
+                "tables.lead",
+            ),
+        ];
+        for (text, field) in cases {
+            match parse(text) {
+                Err(MappingError::Field { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
 }

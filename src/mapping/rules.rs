@@ -7,6 +7,15 @@ use serde_json::{Map, Value};
 
 use crate::domain::{Referral, referral::lookup};
 
+/// Dataverse logical names: lowercase ASCII letters, digits and underscores, starting with a
+/// letter, at most 50 characters.
+pub fn is_logical_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && name.len() <= 50
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
 /// Which way a column flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {

@@ -282,10 +282,6 @@ impl Crm for DataverseCrm {
         NAME
     }
 
-    fn default_mapping(&self, kind: RecordKind) -> TableMapping {
-        default_mapping(kind)
-    }
-
     async fn read(
         &self,
         kind: RecordKind,
