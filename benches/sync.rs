@@ -64,6 +64,7 @@ struct Figures {
     creates: f64,
     noops: f64,
     raw: f64,
+    raw_dataverse: f64,
 }
 
 async fn measure(target: &str) -> Figures {
@@ -147,7 +148,31 @@ async fn measure(target: &str) -> Figures {
         }
     })
     .await;
+    let dv = Arc::new(world.dataverse.base_url());
+    let set = if target == "lead" {
+        "leads"
+    } else {
+        "opportunities"
+    };
+    let raw_dataverse = rate(N * 2, |i| {
+        let (client, dv) = (client.clone(), dv.clone());
+        async move {
+            let r = client
+                .get(format!(
+                    "{dv}/api/data/v9.2/{set}(new_partnercenterreferralid='{}')?$select=statecode",
+                    id(i % N + 1)
+                ))
+                .bearer_auth("bench")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await.unwrap();
+        }
+    })
+    .await;
     Figures {
+        raw_dataverse,
         first_create,
         create,
         create_new_account,
@@ -178,9 +203,11 @@ fn main() {
             println!("    referral notes changed            {}", f.update);
             println!("    no-op                             {}", f.noop);
             println!("  token requests: {} on the first sync, {} on later ones", f.tokens_first, f.tokens_later);
-            println!("  reference: raw GET round trips to the fakes   {:>8.0}/s  (=> at most {:.0} creates/s, {:.0} no-ops/s)", f.raw, f.raw / f.create as f64, f.raw / f.noop as f64);
+            println!("  reference: raw GET round trips to the Partner Center fake {:>8.0}/s  (=> at most {:.0} creates/s, {:.0} no-ops/s)", f.raw, f.raw / f.create as f64, f.raw / f.noop as f64);
+            let noop_bound = 1.0 / (1.0 / f.raw + 1.0 / f.raw_dataverse);
+            println!("  reference: raw GET by key to the Dataverse fake ({} rows) {:>8.0}/s  (one of each => at most {noop_bound:.0} no-ops/s)", N + 3, f.raw_dataverse);
             println!("  end-to-end syncs through /ReferralSync, create {:>8.0}/s  = {:.2} of that bound", f.creates, f.creates / (f.raw / f.create as f64));
-            println!("  end-to-end syncs through /ReferralSync, no-op  {:>8.0}/s  = {:.2} of that bound", f.noops, f.noops / (f.raw / f.noop as f64));
+            println!("  end-to-end syncs through /ReferralSync, no-op  {:>8.0}/s  = {:.2} of the Partner Center bound, {:.2} of the two-fake bound", f.noops, f.noops / (f.raw / f.noop as f64), f.noops / noop_bound);
         }
     });
 }
