@@ -2,9 +2,8 @@
 //! host only) and sync each with bounded concurrency, honouring 429 `Retry-After` through the
 //! shared retry. Ends with counts per outcome and the failures; non-zero exit on any failure.
 
-use std::{collections::HashSet, io::IsTerminal, io::Write};
+use std::{io::IsTerminal, io::Write};
 
-use futures::{StreamExt, stream};
 use time::{
     Date, OffsetDateTime, PrimitiveDateTime, Time, format_description::well_known::Rfc3339,
 };
@@ -12,8 +11,10 @@ use time::{
 use crate::{
     config::Settings,
     domain::ReferralId,
-    partner_center::ListQuery,
-    sync::{SyncReport, Syncer},
+    sync::{
+        SyncReport, Syncer,
+        reconcile::{self, Listing},
+    },
 };
 
 /// Backfill options.
@@ -70,27 +71,11 @@ pub async fn run(
 ) -> anyhow::Result<bool> {
     let (since, until) = window(&options.since, options.until.as_deref())?;
     let syncer = Syncer::from_settings(settings)?;
-    let client = syncer.partner_center();
-    let mut next = Some(client.first_page_url(&ListQuery {
-        since: since.clone(),
-        until: until.clone(),
-        page_size: 100,
-    })?);
-    let mut ids: Vec<ReferralId> = Vec::new();
-    let mut seen = HashSet::new();
-    let mut unreadable = Vec::new();
-    let mut pages = 0;
-    while let Some(url) = next {
-        let page = client.list_page(&url).await?;
-        pages += 1;
-        for referral in page.referrals {
-            if seen.insert(referral.id().clone()) {
-                ids.push(referral.id().clone());
-            }
-        }
-        unreadable.extend(page.invalid);
-        next = page.next;
-    }
+    let Listing {
+        ids,
+        unreadable,
+        pages,
+    } = reconcile::list_updated(&syncer, &since, until.as_deref()).await?;
     writeln!(
         out,
         "{} referrals updated from {since}{} ({pages} pages){}",
@@ -111,22 +96,14 @@ pub async fn run(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let results: Vec<(ReferralId, Result<SyncReport, String>)> = stream::iter(ids)
-        .map(|id| {
-            let syncer = &syncer;
-            async move {
-                let result = if options.dry_run {
-                    syncer.preview(&id).await
-                } else {
-                    syncer.sync(&id).await
-                };
-                (id, result.map_err(|e| e.to_string()))
-            }
+    let results: Vec<(ReferralId, Result<SyncReport, String>)> =
+        reconcile::sync_all(&syncer, ids, options.concurrency, options.dry_run, || {
+            bar.inc(1)
         })
-        .buffer_unordered(options.concurrency.max(1))
-        .inspect(|_| bar.inc(1))
-        .collect()
-        .await;
+        .await
+        .into_iter()
+        .map(|(id, result)| (id, result.map_err(|e| e.to_string())))
+        .collect();
     bar.finish_and_clear();
 
     let count = |what: &str| {

@@ -17,6 +17,7 @@ use crate::{
     partner_center::{PartnerCenterClient, PartnerCenterError},
 };
 
+pub mod reconcile;
 pub mod to_crm;
 
 /// Which table a referral goes to (`SYNC_TARGET`).
