@@ -1,6 +1,7 @@
 //! The Functions host ↔ custom handler envelopes, with the host's quirks absorbed here:
 //! PascalCase keys, header values as arrays, the HTTP body as a string (base64 for binary
-//! content types), the queue message double-encoded and `DequeueCount` as a string.
+//! content types), the queue message double-encoded and `DequeueCount` as a string, the timer
+//! as a nested object, a blob input JSON-encoded again (`"null"` when the blob is missing).
 
 use std::{borrow::Cow, collections::HashMap, fmt};
 
@@ -198,6 +199,60 @@ fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     }
 }
 
+/// `Data` of a timer function that keeps a watermark blob: binding `timer` (the trigger) and
+/// binding `watermark` (the blob input).
+#[derive(Debug, Default, Deserialize)]
+pub struct TimerData {
+    /// The trigger value.
+    #[serde(default, deserialize_with = "lenient_timer")]
+    pub timer: TimerInfo,
+    /// The blob's text; `None` when the blob does not exist yet.
+    #[serde(default, deserialize_with = "decode_blob_text")]
+    pub watermark: Option<String>,
+}
+
+/// What the host says about a timer run; read leniently (dates vary, `ScheduleStatus` may be
+/// null), and only informational: the connector keeps its own watermark.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TimerInfo {
+    /// A catch-up run after occurrences were missed while the app was down.
+    pub is_past_due: bool,
+    /// `ScheduleStatus.Last`, as sent.
+    pub last: Option<String>,
+}
+
+fn lenient_timer<'de, D: Deserializer<'de>>(d: D) -> Result<TimerInfo, D::Error> {
+    let value = Value::deserialize(d)?;
+    let value = match value {
+        Value::String(text) => serde_json::from_str(&text).unwrap_or(Value::Null),
+        other => other,
+    };
+    let is_past_due = match value.get("IsPastDue") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    };
+    let last = value
+        .pointer("/ScheduleStatus/Last")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok(TimerInfo { is_past_due, last })
+}
+
+/// A blob input without `dataType`: the text JSON-encoded again, or the string `null` for a
+/// missing blob. A value the host did not encode is taken as the text itself.
+fn decode_blob_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Null => None,
+        Value::String(outer) => match serde_json::from_str::<Value>(&outer) {
+            Ok(Value::Null) => None,
+            Ok(Value::String(inner)) => Some(inner),
+            _ => Some(outer),
+        },
+        other => Some(other.to_string()),
+    })
+}
+
 /// The handler's answer to the host.
 #[derive(Debug, Serialize, Default)]
 #[serde(rename_all = "PascalCase")]
@@ -333,5 +388,43 @@ mod tests {
             json!({"Outputs": {"res": {"statusCode": 401, "headers": {"Content-Type": "application/json"}, "body": "{\"error\":\"x\"}"}},
                    "Logs": ["line"], "ReturnValue": null})
         );
+    }
+
+    #[test]
+    fn timer_envelopes_read_leniently_and_a_missing_blob_is_none() {
+        let cases = [
+            // The wire shape: nested object, blob text encoded again.
+            (
+                json!({"timer": {"Schedule": {"AdjustForDST": true}, "ScheduleStatus": {"Last": "2026-11-23T07:00:00.0123456+00:00", "Next": "2026-11-23T07:05:00+00:00", "LastUpdated": "2026-11-23T07:00:00+00:00"}, "IsPastDue": false},
+                       "watermark": "\"{\\\"cursor\\\":42}\""}),
+                false,
+                Some("{\"cursor\":42}"),
+            ),
+            // First run: no schedule status, old-style date without offset, missing blob.
+            (
+                json!({"timer": {"Schedule": {}, "ScheduleStatus": null, "IsPastDue": true}, "watermark": "null"}),
+                true,
+                None,
+            ),
+            (
+                json!({"timer": {"ScheduleStatus": {"Last": "0001-01-01T00:00:00"}, "IsPastDue": "True"}}),
+                true,
+                None,
+            ),
+            // A timer sent as a string and a blob not encoded twice are tolerated.
+            (
+                json!({"timer": "{\"IsPastDue\":false}", "watermark": "{\"a\":1}"}),
+                false,
+                Some("{\"a\":1}"),
+            ),
+        ];
+        for (data, past_due, watermark) in cases {
+            let envelope =
+                json!({"Data": data, "Metadata": {"sys": {"MethodName": "ReferralReconcile"}}});
+            let request: InvokeRequest<TimerData> = serde_json::from_value(envelope.clone())
+                .unwrap_or_else(|e| panic!("{envelope}: {e}"));
+            assert_eq!(request.data.timer.is_past_due, past_due, "{envelope}");
+            assert_eq!(request.data.watermark.as_deref(), watermark, "{envelope}");
+        }
     }
 }

@@ -46,3 +46,29 @@ pub fn http_envelope(body: Option<&str>, headers: &[(String, String)]) -> Vec<u8
         .to_string()
         .into_bytes()
 }
+
+/// A timer-trigger envelope as the host sends it for a function with a watermark blob: the
+/// `TimerInfo` as a nested object, the blob's text JSON-encoded again, or the string `null`
+/// when the blob does not exist yet; `Metadata` holds only `sys`.
+pub fn timer_envelope(function: &str, watermark: Option<&str>) -> Vec<u8> {
+    let blob = match watermark {
+        Some(text) => Value::String(serde_json::to_string(text).expect("encode")),
+        None => json!("null"),
+    };
+    json!({
+        "Data": {
+            "timer": {
+                "Schedule": {"AdjustForDST": true},
+                "ScheduleStatus": {"Last": "2026-12-01T03:30:00.0123456+00:00",
+                                   "Next": "2026-12-02T03:30:00+00:00",
+                                   "LastUpdated": "2026-12-01T03:30:00.0123456+00:00"},
+                "IsPastDue": false
+            },
+            "watermark": blob
+        },
+        "Metadata": {"sys": {"MethodName": function, "UtcNow": "2026-12-02T03:30:00.0156789Z",
+                             "RandGuid": "0f6c4c2e-3f4e-4a53-9d53-2b1f8f5d6a7b"}}
+    })
+    .to_string()
+    .into_bytes()
+}
