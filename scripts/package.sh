@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the static x86_64-unknown-linux-musl release binary and assembles the folder that
 # `func azure functionapp publish` (or a zip deploy) ships:
-#   OUT_DIR/host.json, OUT_DIR/ReferralWebhook/function.json, OUT_DIR/ReferralSync/function.json,
+#   OUT_DIR/host.json, OUT_DIR/<Function>/function.json for each function folder,
 #   OUT_DIR/handler (mode 0755), OUT_DIR/.funcignore
 # Usage: scripts/package.sh [OUT_DIR]     (default: publish/). Safe to run again.
 set -euo pipefail
@@ -43,10 +43,11 @@ if readelf -d "$binary" 2>/dev/null | grep -q NEEDED; then
   exit 1
 fi
 
-mkdir -p "$out_dir/ReferralWebhook" "$out_dir/ReferralSync"
 install -m 0644 host.json "$out_dir/host.json"
-install -m 0644 ReferralWebhook/function.json "$out_dir/ReferralWebhook/function.json"
-install -m 0644 ReferralSync/function.json "$out_dir/ReferralSync/function.json"
+for function in ReferralWebhook ReferralSync ReferralReconcile; do
+  mkdir -p "$out_dir/$function"
+  install -m 0644 "$function/function.json" "$out_dir/$function/function.json"
+done
 install -m 0644 .funcignore "$out_dir/.funcignore"
 # Replace atomically so a running copy is never half-written.
 install -m 0755 "$binary" "$out_dir/handler.tmp"

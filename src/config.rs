@@ -166,6 +166,20 @@ pub struct SyncSettings {
     pub retry_min_delay: Duration,
     /// How many times a referral that is not (yet) found is read again before giving up.
     pub not_found_retries: u32,
+    /// The `ReferralReconcile` timer.
+    pub reconcile: ReconcileSettings,
+}
+
+/// The daily reconciliation (`ReferralReconcile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileSettings {
+    /// How far before the last complete run's start a run looks again
+    /// (`REFERRAL_RECONCILE_OVERLAP_SECONDS`).
+    pub overlap: Duration,
+    /// How far back the first run (no watermark yet) looks.
+    pub first_lookback: Duration,
+    /// Referrals synced at the same time (`REFERRAL_RECONCILE_CONCURRENCY`).
+    pub concurrency: usize,
 }
 
 /// Outbound HTTP behaviour shared by every client.
@@ -380,6 +394,21 @@ impl Settings {
             )?),
             retry_min_delay: Duration::from_millis(200),
             not_found_retries: 2,
+            reconcile: ReconcileSettings {
+                overlap: Duration::from_secs(parse_number(
+                    "REFERRAL_RECONCILE_OVERLAP_SECONDS",
+                    get("REFERRAL_RECONCILE_OVERLAP_SECONDS")?,
+                    3600,
+                    0..=7 * 86_400,
+                )?),
+                first_lookback: Duration::from_secs(86_400),
+                concurrency: parse_number(
+                    "REFERRAL_RECONCILE_CONCURRENCY",
+                    get("REFERRAL_RECONCILE_CONCURRENCY")?,
+                    4,
+                    1..=32,
+                )?,
+            },
         };
         let http = HttpSettings {
             timeout: Duration::from_secs(parse_number(

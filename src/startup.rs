@@ -1,5 +1,5 @@
 //! Builds the handler: binds `127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT` first (the host probes
-//! `/` every 25 ms), then serves the probe and the two function routes.
+//! `/` every 25 ms), then serves the probe and one route per function.
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
 
@@ -30,6 +30,8 @@ pub struct AppState {
     pub syncer: Result<Syncer, String>,
     /// host.json `maxDequeueCount`.
     pub max_dequeue_count: u32,
+    /// The `ReferralReconcile` timer.
+    pub reconcile: crate::config::ReconcileSettings,
 }
 
 impl AppState {
@@ -45,6 +47,7 @@ impl AppState {
             certs,
             syncer,
             max_dequeue_count: settings.sync.max_dequeue_count,
+            reconcile: settings.sync.reconcile.clone(),
         })
     }
 }
@@ -100,17 +103,19 @@ pub fn routes(
     let webhook = invocation("ReferralWebhook")
         .and(with_state.clone())
         .then(|span: tracing::Span, envelope, state| webhook(state, envelope).instrument(span));
-    let sync =
-        invocation("ReferralSync")
-            .and(with_state)
-            .then(|span: tracing::Span, envelope, state| {
-                referral_sync(state, envelope).instrument(span)
-            });
+    let sync = invocation("ReferralSync").and(with_state.clone()).then(
+        |span: tracing::Span, envelope, state| referral_sync(state, envelope).instrument(span),
+    );
+    let reconcile = invocation("ReferralReconcile").and(with_state).then(
+        |span: tracing::Span, envelope, state| referral_reconcile(state, envelope).instrument(span),
+    );
     routes::health::route()
         .map(Reply::into_response)
         .or(webhook)
         .unify()
         .or(sync)
+        .unify()
+        .or(reconcile)
         .unify()
         .recover(|_| async {
             Ok::<_, Infallible>(json_reply(
@@ -226,6 +231,36 @@ async fn referral_sync(
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_reply(status, &answer.response)
+}
+
+async fn referral_reconcile(
+    state: Arc<AppState>,
+    envelope: Result<Bytes, EnvelopeError>,
+) -> warp::reply::Response {
+    let envelope = match envelope {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            tracing::warn!(error = %e, "ReferralReconcile invocation body not read; the next run tries again");
+            return json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &InvokeResponse::default().log(e.to_string()),
+            );
+        }
+    };
+    let syncer = state.syncer.as_ref().map_err(String::as_str);
+    let answer = routes::reconcile::handle(
+        syncer,
+        &state.reconcile,
+        &envelope,
+        OffsetDateTime::now_utc(),
+    )
+    .await;
+    let status = if answer.success {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
     };
     json_reply(status, &answer.response)
 }

@@ -5,6 +5,7 @@ mod conformance;
 mod helpers;
 mod host_contract;
 mod opportunity;
+mod reconcile;
 mod referral_sync;
 mod schemas;
 mod webhook;

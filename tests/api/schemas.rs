@@ -1,4 +1,4 @@
-//! host.json and both function.json files validate against the public schemas
+//! host.json and every function.json validate against the public schemas
 //! (../shared/schemas), with draft-07 semantics as the schema notes require.
 
 use serde_json::Value;
@@ -35,6 +35,10 @@ fn function_json_files_are_valid_and_name_the_bindings_the_handler_uses() {
     for (file, names) in [
         ("ReferralWebhook/function.json", ["req", "res", "syncQueue"]),
         ("ReferralSync/function.json", ["msg", "poison", "poison"]),
+        (
+            "ReferralReconcile/function.json",
+            ["timer", "watermark", "watermarkOut"],
+        ),
     ] {
         let function = read(file);
         assert_eq!(errors(&schema, &function), Vec::<String>::new(), "{file}");
@@ -55,6 +59,22 @@ fn function_json_files_are_valid_and_name_the_bindings_the_handler_uses() {
     );
     assert_eq!(webhook["bindings"][0]["authLevel"], "function");
     assert_eq!(webhook["bindings"][2]["queueName"], "referral-sync");
+    let reconcile = read("ReferralReconcile/function.json");
+    assert_eq!(reconcile["bindings"][0]["type"], "timerTrigger");
+    assert_eq!(
+        reconcile["bindings"][0]["schedule"], "%REFERRAL_RECONCILE_SCHEDULE%",
+        "the schedule is an app setting"
+    );
+    assert_eq!(
+        reconcile["bindings"][1]["path"], reconcile["bindings"][2]["path"],
+        "the input and the output binding are the same blob"
+    );
+    assert_eq!(reconcile["bindings"][1]["direction"], "in");
+    assert_eq!(reconcile["bindings"][2]["direction"], "out");
+    assert!(
+        reconcile["bindings"][1].get("dataType").is_none(),
+        "text blobs: no dataType, so the host passes the text and writes JSON text as is"
+    );
     let sync = read("ReferralSync/function.json");
     assert_eq!(sync["bindings"][0]["queueName"], "referral-sync");
     assert_eq!(sync["bindings"][1]["queueName"], "referral-sync-poison");
