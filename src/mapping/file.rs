@@ -257,20 +257,17 @@ fn apply_section(
 
 /// Checks rules against each other: no ping-pong between a field read and written.
 fn validate(table: &TableMapping, prefix: &str) -> Result<(), MappingError> {
+    // Fields read on every sync; a field read only when the record is created cannot loop.
     let read: Vec<&FieldPath> = table
         .rules
         .iter()
-        .filter(|r| r.direction != Direction::CrmToPc)
+        .filter(|r| r.direction == Direction::PcToCrm)
         .flat_map(|r| match &r.source {
             Source::Fields(paths) => paths.iter().collect(),
             Source::Constant(_) => Vec::new(),
         })
         .collect();
-    for rule in table
-        .rules
-        .iter()
-        .filter(|r| r.direction == Direction::CrmToPc)
-    {
+    for rule in table.rules.iter().filter(|r| r.direction.writes_referral()) {
         let here = format!("{prefix}{}.from", rule.column);
         let Source::Fields(paths) = &rule.source else {
             return Err(MappingError::Field {

@@ -178,7 +178,7 @@ impl TableMapping {
     pub fn returned_columns(&self) -> Vec<&str> {
         self.rules
             .iter()
-            .filter(|r| r.direction == Direction::CrmToPc)
+            .filter(|r| r.direction.writes_referral())
             .map(|r| r.column.as_str())
             .collect()
     }
@@ -192,12 +192,7 @@ impl TableMapping {
     ) -> Result<Map<String, Value>, MapError> {
         let mut out = Map::new();
         for rule in &self.rules {
-            let wanted = match rule.direction {
-                Direction::PcToCrm => true,
-                Direction::OnCreate => creating,
-                Direction::CrmToPc => false,
-            };
-            if wanted {
+            if rule.direction.reads_referral(creating) {
                 out.insert(rule.column.clone(), rule.value_for_crm(referral)?);
             }
         }
@@ -329,7 +324,7 @@ impl TableMapping {
         let crm_to_pc = self
             .rules
             .iter()
-            .filter(|r| r.direction == Direction::CrmToPc && policy.optional_paths);
+            .filter(|r| r.direction.writes_referral() && policy.optional_paths);
         for rule in crm_to_pc {
             let Source::Fields(paths) = &rule.source else {
                 continue;
@@ -456,7 +451,8 @@ pub struct StatusChange {
     pub reason: Option<String>,
 }
 
-/// The status table (README "Status write-back"): only incoming referrals, never Closed ones.
+/// The status table (README "Status write-back"): never Closed referrals; accepting only
+/// incoming ones, the deal's end for outgoing ones (shared from the CRM) too.
 ///
 /// | record | referral New | referral Active |
 /// |---|---|---|
@@ -470,29 +466,30 @@ pub fn status_change(
     state: &RecordState,
     accept_new: bool,
 ) -> Option<StatusChange> {
-    if !referral.is_incoming() {
-        return None;
-    }
+    let open = matches!(
+        referral.status(),
+        ReferralStatus::New | ReferralStatus::Active
+    );
     match (referral.status(), state) {
-        (ReferralStatus::New, RecordState::Open | RecordState::Converted { .. }) if accept_new => {
+        (ReferralStatus::New, RecordState::Open | RecordState::Converted { .. })
+            if accept_new && referral.is_incoming() =>
+        {
             Some(StatusChange {
                 status: "Active",
                 substatus: "Accepted",
                 reason: None,
             })
         }
-        (ReferralStatus::New | ReferralStatus::Active, RecordState::Won) => Some(StatusChange {
+        (_, RecordState::Won) if open => Some(StatusChange {
             status: "Closed",
             substatus: "Won",
             reason: None,
         }),
-        (ReferralStatus::New | ReferralStatus::Active, RecordState::Lost { reason }) => {
-            Some(StatusChange {
-                status: "Closed",
-                substatus: "Lost",
-                reason: Some(reason.clone()),
-            })
-        }
+        (_, RecordState::Lost { reason }) if open => Some(StatusChange {
+            status: "Closed",
+            substatus: "Lost",
+            reason: Some(reason.clone()),
+        }),
         _ => None,
     }
 }
@@ -1047,6 +1044,64 @@ mod tests {
             }
         }
         assert!(matches!(parse("{"), Err(MappingError::Json(_))));
+    }
+
+    #[test]
+    fn crm_owned_columns_come_from_the_referral_once_and_flow_back_afterwards() {
+        let m = parse(
+            r#"{"columns": {"estimatedamount": {"from": "details.dealValue", "direction": "crm-owned"}}}"#,
+        )
+        .unwrap();
+        let r = referral(json!({"status": "Active", "externalReferenceId": LEAD}));
+        assert_eq!(m.create(&r).unwrap()["estimatedamount"], json!(10000.46));
+        assert!(
+            !m.record_columns(&r, false)
+                .unwrap()
+                .contains_key("estimatedamount")
+        );
+        let mut current = m.record_columns(&r, false).unwrap();
+        current.insert("estimatedamount".into(), json!(75000));
+        let l = lead(LeadState::Open, Some(1), Value::Object(current));
+        assert_eq!(
+            m.update(&r, &l).unwrap(),
+            RecordPlan::Unchanged,
+            "the seller's value stays"
+        );
+        let WriteBack::Patch(ops) = m.writeback(&r, &l).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::to_value(&ops).unwrap(),
+            json!([{"op": "replace", "path": "/details/dealValue", "value": 75000}])
+        );
+        // Reading the same field once, on create, does not loop with writing it back.
+        assert!(
+            parse(r#"{"columns": {"estimatedamount": {"from": "details.dealValue", "direction": "on-create"},
+                                  "new_x": {"from": "details.dealValue", "direction": "crm-to-pc", "type": "money"}}}"#)
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn outgoing_referrals_learn_the_deals_end_but_are_never_accepted() {
+        let outgoing = |status: &str| referral(json!({"direction": "Outgoing", "status": status}));
+        let won = RecordState::Won;
+        let lost = RecordState::Lost {
+            reason: "Out-Sold".into(),
+        };
+        assert_eq!(
+            status_change(&outgoing("New"), &RecordState::Open, true),
+            None
+        );
+        assert_eq!(
+            status_change(&outgoing("Active"), &won, true).map(|c| c.substatus),
+            Some("Won")
+        );
+        assert_eq!(
+            status_change(&outgoing("Active"), &lost, true).and_then(|c| c.reason),
+            Some("Out-Sold".to_owned())
+        );
+        assert_eq!(status_change(&outgoing("Closed"), &won, true), None);
     }
 
     #[test]

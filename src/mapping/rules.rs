@@ -21,20 +21,25 @@ pub fn is_logical_name(name: &str) -> bool {
 pub enum Direction {
     /// Partner Center → CRM on every sync (`"pc-to-crm"`, the default).
     PcToCrm,
-    /// Partner Center → CRM only when the lead is created (`"on-create"`).
+    /// Partner Center → CRM only when the record is created (`"on-create"`).
     OnCreate,
-    /// CRM → Partner Center: the lead column is written into the referral field (`"crm-to-pc"`).
+    /// CRM → Partner Center: the CRM column is written into the referral field (`"crm-to-pc"`).
     CrmToPc,
+    /// Partner Center → CRM when the record is created, CRM → Partner Center afterwards: the
+    /// seller owns the column (`"crm-owned"`; the opportunity's value and close date).
+    CrmOwned,
 }
 
 impl Direction {
-    pub(crate) const NAMES: &'static str = "\"pc-to-crm\", \"on-create\" or \"crm-to-pc\"";
+    pub(crate) const NAMES: &'static str =
+        "\"pc-to-crm\", \"on-create\", \"crm-to-pc\" or \"crm-owned\"";
 
     pub(crate) fn parse(raw: &str) -> Option<Self> {
         match raw {
             "pc-to-crm" => Some(Self::PcToCrm),
             "on-create" => Some(Self::OnCreate),
             "crm-to-pc" => Some(Self::CrmToPc),
+            "crm-owned" => Some(Self::CrmOwned),
             _ => None,
         }
     }
@@ -45,6 +50,21 @@ impl Direction {
             Self::PcToCrm => "pc-to-crm",
             Self::OnCreate => "on-create",
             Self::CrmToPc => "crm-to-pc",
+            Self::CrmOwned => "crm-owned",
+        }
+    }
+
+    /// Whether the CRM column is written into the referral.
+    pub fn writes_referral(&self) -> bool {
+        matches!(self, Self::CrmToPc | Self::CrmOwned)
+    }
+
+    /// Whether the referral field is written into the CRM column on this sync.
+    pub fn reads_referral(&self, creating: bool) -> bool {
+        match self {
+            Self::PcToCrm => true,
+            Self::OnCreate | Self::CrmOwned => creating,
+            Self::CrmToPc => false,
         }
     }
 }

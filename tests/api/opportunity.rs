@@ -163,7 +163,7 @@ async fn ten_concurrent_first_syncs_make_one_opportunity_and_one_account() {
 }
 
 #[tokio::test]
-async fn columns_the_seller_owns_are_never_overwritten_by_a_later_referral_update() {
+async fn columns_the_seller_owns_are_never_overwritten_and_value_and_close_date_flow_back() {
     let w = World::opportunities(&[]).await;
     w.sync_ok().await;
     let id = w.opportunity()["opportunityid"]
@@ -176,16 +176,57 @@ async fn columns_the_seller_owns_are_never_overwritten_by_a_later_referral_updat
     w.fakes
         .dataverse
         .set_opportunity_column(&id, "estimatedclosedate", json!("2027-03-31"));
-    w.set("/details/dealValue", json!(20000));
     w.set("/details/notes", json!("changed in Partner Center"));
     let writes = w.fakes.dataverse.write_count();
+    let patches = w.fakes.partner_center.patches(REFERRAL_ID).len();
+    w.fakes.partner_center.clear_requests();
     let log = w.sync_ok().await;
     assert!(log.contains("opportunity unchanged"), "{log}");
-    assert_eq!(w.fakes.dataverse.write_count(), writes, "no write at all");
     let o = w.opportunity();
     assert_eq!(o["estimatedvalue"], json!(75000));
     assert_eq!(o["estimatedclosedate"], "2027-03-31");
-    assert_eq!(o["description"], "Wants help moving 40 VMs");
+    assert_eq!(
+        o["description"], "Wants help moving 40 VMs",
+        "notes are on create only"
+    );
+    // The seller's value and close date reach the referral in one conditional PATCH.
+    let sent = w.fakes.partner_center.patches(REFERRAL_ID);
+    assert_eq!(sent.len(), patches + 1);
+    assert_eq!(
+        sent[patches],
+        json!([
+            {"op": "replace", "path": "/details/dealValue", "value": 75000},
+            {"op": "replace", "path": "/details/closingDateTime", "value": "2027-03-31T00:00:00Z"}
+        ])
+    );
+    let patch = &w
+        .fakes
+        .partner_center
+        .requests_matching("PATCH", REFERRAL_ID)[0];
+    assert!(patch.header("if-match").is_some());
+    let r = w.referral();
+    assert_eq!(r["details"]["dealValue"], json!(75000));
+    // Only the audit line was written to the CRM; then nothing loops.
+    assert_eq!(w.fakes.dataverse.write_count(), writes + 1);
+    let audit = w.opportunity()["new_partnercenteraudit"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        audit
+            .lines()
+            .next()
+            .unwrap()
+            .contains("referral updated from the record"),
+        "{audit}"
+    );
+    let writes = w.fakes.dataverse.write_count();
+    w.sync_ok().await;
+    assert_eq!(w.fakes.dataverse.write_count(), writes);
+    assert_eq!(
+        w.fakes.partner_center.patches(REFERRAL_ID).len(),
+        patches + 1
+    );
 }
 
 #[tokio::test]

@@ -36,7 +36,8 @@ pub const PROTECTED: &[&str] = &[
     "exchangerate",
 ];
 
-/// The default opportunity mapping: all on create; afterwards the seller owns the columns.
+/// The default opportunity mapping: all on create; afterwards the seller owns the columns, and
+/// the value and the close date flow back to the referral.
 pub fn mapping() -> TableMapping {
     let mut table = TableMapping {
         kind: RecordKind::Opportunity,
@@ -52,20 +53,29 @@ pub fn mapping() -> TableMapping {
             audit: Some(super::AUDIT_COLUMN.into()),
         },
     };
-    let rows: [(&str, &[&str]); 4] = [
-        ("name", &["name", "customerProfile.name"]),
-        ("estimatedvalue", &["details.dealValue"]),
-        ("estimatedclosedate", &["details.closingDateTime"]),
-        ("description", &["details.notes"]),
-    ];
-    for (column, paths) in rows {
-        let kind = table.kind_of(column);
-        table.rules.push(ColumnRule::from_fields(
-            column,
-            paths,
+    let rows: [(&str, &[&str], Direction); 4] = [
+        (
+            "name",
+            &["name", "customerProfile.name"],
             Direction::OnCreate,
-            kind,
-        ));
+        ),
+        (
+            "estimatedvalue",
+            &["details.dealValue"],
+            Direction::CrmOwned,
+        ),
+        (
+            "estimatedclosedate",
+            &["details.closingDateTime"],
+            Direction::CrmOwned,
+        ),
+        ("description", &["details.notes"], Direction::OnCreate),
+    ];
+    for (column, paths, direction) in rows {
+        let kind = table.kind_of(column);
+        table
+            .rules
+            .push(ColumnRule::from_fields(column, paths, direction, kind));
     }
     table
 }
@@ -131,14 +141,25 @@ mod tests {
     }
 
     #[test]
-    fn every_default_rule_is_on_create() {
+    fn the_seller_owns_every_column_after_create_and_value_and_date_flow_back() {
         let table = mapping();
-        assert_eq!(table.rules.len(), 4);
-        assert!(
-            table
-                .rules
-                .iter()
-                .all(|r| r.direction == Direction::OnCreate)
+        let directions: Vec<(&str, Direction)> = table
+            .rules
+            .iter()
+            .map(|r| (r.column.as_str(), r.direction))
+            .collect();
+        assert_eq!(
+            directions,
+            [
+                ("name", Direction::OnCreate),
+                ("estimatedvalue", Direction::CrmOwned),
+                ("estimatedclosedate", Direction::CrmOwned),
+                ("description", Direction::OnCreate),
+            ]
+        );
+        assert_eq!(
+            table.returned_columns(),
+            ["estimatedvalue", "estimatedclosedate"]
         );
         assert_eq!(table.kind_of("name"), ColumnKind::Text { max: 300 });
     }
