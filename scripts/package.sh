@@ -43,8 +43,9 @@ if readelf -d "$binary" 2>/dev/null | grep -q NEEDED; then
   exit 1
 fi
 
+mkdir -p "$out_dir"
 install -m 0644 host.json "$out_dir/host.json"
-for function in ReferralWebhook ReferralSync ReferralReconcile; do
+for function in ReferralWebhook ReferralSync ReferralReconcile CrmChanges; do
   mkdir -p "$out_dir/$function"
   install -m 0644 "$function/function.json" "$out_dir/$function/function.json"
 done

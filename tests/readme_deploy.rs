@@ -619,6 +619,7 @@ async fn the_readme_setup_and_deploy_blocks_work_as_written() {
     assert_eq!(
         uploaded,
         [
+            "CrmChanges/function.json",
             "ReferralReconcile/function.json",
             "ReferralSync/function.json",
             "ReferralWebhook/function.json",
