@@ -168,6 +168,8 @@ pub struct SyncSettings {
     pub not_found_retries: u32,
     /// The `ReferralReconcile` timer.
     pub reconcile: ReconcileSettings,
+    /// The `CrmChanges` timer.
+    pub poll: crate::sync::to_partner_center::PollSettings,
 }
 
 /// The daily reconciliation (`ReferralReconcile`).
@@ -376,7 +378,7 @@ impl Settings {
             },
             optional_paths: true,
         };
-        let sync = SyncSettings {
+        let mut sync = SyncSettings {
             mappings,
             target,
             policy,
@@ -409,7 +411,24 @@ impl Settings {
                     1..=32,
                 )?,
             },
+            poll: crate::sync::to_partner_center::PollSettings {
+                overlap: Duration::from_secs(parse_number(
+                    "CRM_POLL_OVERLAP_SECONDS",
+                    get("CRM_POLL_OVERLAP_SECONDS")?,
+                    120,
+                    0..=86_400,
+                )?),
+                first_lookback: Duration::from_secs(86_400),
+                concurrency: parse_number(
+                    "CRM_POLL_CONCURRENCY",
+                    get("CRM_POLL_CONCURRENCY")?,
+                    4,
+                    1..=32,
+                )?,
+                max_runs: 0,
+            },
         };
+        sync.poll.max_runs = sync.max_dequeue_count;
         let http = HttpSettings {
             timeout: Duration::from_secs(parse_number(
                 "OUTBOUND_TIMEOUT_SECONDS",

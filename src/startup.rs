@@ -32,6 +32,8 @@ pub struct AppState {
     pub max_dequeue_count: u32,
     /// The `ReferralReconcile` timer.
     pub reconcile: crate::config::ReconcileSettings,
+    /// The `CrmChanges` timer.
+    pub poll: crate::sync::to_partner_center::PollSettings,
 }
 
 impl AppState {
@@ -48,6 +50,7 @@ impl AppState {
             syncer,
             max_dequeue_count: settings.sync.max_dequeue_count,
             reconcile: settings.sync.reconcile.clone(),
+            poll: settings.sync.poll.clone(),
         })
     }
 }
@@ -106,9 +109,14 @@ pub fn routes(
     let sync = invocation("ReferralSync").and(with_state.clone()).then(
         |span: tracing::Span, envelope, state| referral_sync(state, envelope).instrument(span),
     );
-    let reconcile = invocation("ReferralReconcile").and(with_state).then(
-        |span: tracing::Span, envelope, state| referral_reconcile(state, envelope).instrument(span),
-    );
+    let reconcile = invocation("ReferralReconcile")
+        .and(with_state.clone())
+        .then(|span: tracing::Span, envelope, state| {
+            referral_reconcile(state, envelope).instrument(span)
+        });
+    let changes = invocation("CrmChanges")
+        .and(with_state)
+        .then(|span: tracing::Span, envelope, state| crm_changes(state, envelope).instrument(span));
     routes::health::route()
         .map(Reply::into_response)
         .or(webhook)
@@ -116,6 +124,8 @@ pub fn routes(
         .or(sync)
         .unify()
         .or(reconcile)
+        .unify()
+        .or(changes)
         .unify()
         .recover(|_| async {
             Ok::<_, Infallible>(json_reply(
@@ -231,6 +241,32 @@ async fn referral_sync(
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_reply(status, &answer.response)
+}
+
+async fn crm_changes(
+    state: Arc<AppState>,
+    envelope: Result<Bytes, EnvelopeError>,
+) -> warp::reply::Response {
+    let envelope = match envelope {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            tracing::warn!(error = %e, "CrmChanges invocation body not read; the next run tries again");
+            return json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &InvokeResponse::default().log(e.to_string()),
+            );
+        }
+    };
+    let syncer = state.syncer.as_ref().map_err(String::as_str);
+    let answer =
+        routes::crm_changes::handle(syncer, &state.poll, &envelope, OffsetDateTime::now_utc())
+            .await;
+    let status = if answer.success {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
     };
     json_reply(status, &answer.response)
 }

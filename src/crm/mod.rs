@@ -114,6 +114,8 @@ pub struct CrmRecord {
     pub state: RecordState,
     /// The referral id in the key column, if set.
     pub key: Option<String>,
+    /// When the record last changed (RFC 3339 UTC, at the CRM's precision), when read.
+    pub modified_on: Option<String>,
     /// The requested columns as the CRM returned them (lookups and annotations removed).
     pub columns: Map<String, Value>,
 }
@@ -242,4 +244,13 @@ pub trait Crm: Send + Sync + fmt::Debug {
 
     /// Closes an open opportunity as won or lost.
     async fn close(&self, record: &CrmRecord, outcome: &Outcome) -> Result<(), CrmError>;
+
+    /// The records of `kind` that carry a referral key and changed at or after `since`
+    /// (RFC 3339 UTC), oldest change first, every page read, with these mapped columns.
+    async fn changed_since(
+        &self,
+        kind: RecordKind,
+        since: &str,
+        columns: &[&str],
+    ) -> Result<Vec<CrmRecord>, CrmError>;
 }

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::{
     TableMapping,
-    rules::{Direction, MapError, Source, same_value},
+    rules::{MapError, Source, same_value},
 };
 use crate::{
     crm::{CrmRecord, Outcome, RecordKind, RecordState},
@@ -619,6 +619,7 @@ mod tests {
             version: Some("W/\"1\"".into()),
             state: state(lead_state, status),
             key: Some(ID.into()),
+            modified_on: None,
             columns: columns.as_object().cloned().unwrap_or_default(),
         }
     }
@@ -1212,7 +1213,7 @@ mod tests {
                 ] {
                     let referral = Referral::from_json(doc.clone(), None).unwrap();
                     let columns = mapping.create(&referral).unwrap();
-                    let mut record = CrmRecord { kind: mapping.kind, id: LEAD.into(), version: None, state: RecordState::Open, key: Some(ID.into()), columns };
+                    let mut record = CrmRecord { kind: mapping.kind, id: LEAD.into(), version: None, state: RecordState::Open, key: Some(ID.into()), modified_on: None, columns };
                     let crm_to_pc = !mapping.returned_columns().is_empty();
                     if let Some(amount) = crm_amount
                         && crm_to_pc {

@@ -1,6 +1,7 @@
 //! The sync, CRM-neutral: the queue message, the one error enum and its one retry decision,
 //! the report, and the `Syncer` that holds Partner Center, the CRM adapter and the mappings.
-//! Each direction is its own module; `to_crm` is Partner Center → CRM.
+//! Each direction is its own module: `to_crm` is Partner Center → CRM, `to_partner_center` the
+//! CRM → Partner Center poll; `reconcile` lists and re-syncs what changed in Partner Center.
 
 use std::{
     sync::{Arc, atomic::AtomicBool},
@@ -19,6 +20,7 @@ use crate::{
 
 pub mod reconcile;
 pub mod to_crm;
+pub mod to_partner_center;
 
 /// Which table a referral goes to (`SYNC_TARGET`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

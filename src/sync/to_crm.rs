@@ -217,6 +217,7 @@ impl Syncer {
             version: None,
             state: RecordState::Open,
             key: Some(id.to_string()),
+            modified_on: None,
             columns: columns.clone(),
         };
         if !write {
@@ -562,6 +563,7 @@ fn merge(mut before: CrmRecord, after: CrmRecord, sent: &Map<String, Value>) -> 
     before.state = after.state;
     before.id = after.id;
     before.key = after.key.or(before.key);
+    before.modified_on = after.modified_on.or(before.modified_on);
     before.columns.extend(after.columns);
     before
 }

@@ -39,6 +39,10 @@ fn function_json_files_are_valid_and_name_the_bindings_the_handler_uses() {
             "ReferralReconcile/function.json",
             ["timer", "watermark", "watermarkOut"],
         ),
+        (
+            "CrmChanges/function.json",
+            ["timer", "watermark", "watermarkOut"],
+        ),
     ] {
         let function = read(file);
         assert_eq!(errors(&schema, &function), Vec::<String>::new(), "{file}");
@@ -75,6 +79,14 @@ fn function_json_files_are_valid_and_name_the_bindings_the_handler_uses() {
         reconcile["bindings"][1].get("dataType").is_none(),
         "text blobs: no dataType, so the host passes the text and writes JSON text as is"
     );
+    let changes = read("CrmChanges/function.json");
+    assert_eq!(changes["bindings"][0]["schedule"], "%CRM_POLL_SCHEDULE%");
+    assert_eq!(
+        changes["bindings"][1]["path"],
+        changes["bindings"][2]["path"]
+    );
+    assert_eq!(changes["bindings"][3]["name"], "poison");
+    assert_eq!(changes["bindings"][3]["queueName"], "referral-sync-poison");
     let sync = read("ReferralSync/function.json");
     assert_eq!(sync["bindings"][0]["queueName"], "referral-sync");
     assert_eq!(sync["bindings"][1]["queueName"], "referral-sync-poison");

@@ -281,6 +281,55 @@ impl DataverseClient {
             .collect())
     }
 
+    /// Every row of `table` matching `filter` in `order`, following `@odata.nextLink` (on this
+    /// environment's origin only) with 500 rows a page.
+    pub async fn query_all(
+        &self,
+        table: Table,
+        select: &[&str],
+        filter: &str,
+        order: &str,
+    ) -> Result<Vec<Map<String, Value>>, DataverseError> {
+        let mut next = Some(self.api(&format!(
+            "{}?$select={}&$filter={}&$orderby={}",
+            table.set,
+            select.join(","),
+            encode_component(filter),
+            encode_component(order)
+        ))?);
+        let mut rows = Vec::new();
+        let what = format!("poll {}", table.set);
+        while let Some(url) = next.take() {
+            let response = self
+                .send(&what, Method::GET, url.clone(), |r| {
+                    r.header("Prefer", "odata.maxpagesize=500")
+                })
+                .await?;
+            let body: Value = crate::http::json_body(response).await?;
+            rows.extend(
+                body.get("value")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|row| row.as_object().cloned()),
+            );
+            if let Some(link) = body.get("@odata.nextLink").and_then(Value::as_str) {
+                let link = url
+                    .join(link)
+                    .map_err(|e| CallError::Decode(format!("@odata.nextLink: {e}")))?;
+                if link.origin() != self.base.origin() {
+                    return Err(CallError::Decode(format!(
+                        "refusing to follow @odata.nextLink to another host: {}",
+                        link.origin().ascii_serialization()
+                    ))
+                    .into());
+                }
+                next = Some(link);
+            }
+        }
+        Ok(rows)
+    }
+
     /// Calls an unbound action (`WinOpportunity`) with a JSON body.
     pub async fn action(&self, name: &str, body: &Value) -> Result<(), DataverseError> {
         let response = self

@@ -136,6 +136,10 @@ impl DataverseCrm {
             }
             RecordKind::Opportunity => opportunity::state(statecode, statuscode),
         };
+        let modified_on = entity
+            .get("modifiedon")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let lookup = |k: &str| k.starts_with('_') && k.ends_with("_value");
         entity.retain(|k, _| !(k.contains('@') || lookup(k)));
         Ok(CrmRecord {
@@ -144,6 +148,7 @@ impl DataverseCrm {
             version,
             state,
             key,
+            modified_on,
             columns: entity,
         })
     }
@@ -429,6 +434,29 @@ impl Crm for DataverseCrm {
             Err(e) if e.code().as_deref() == Some("0x80040515") => Ok(()),
             Err(e) => Err(crm_error(RecordKind::Opportunity, e)),
         }
+    }
+
+    async fn changed_since(
+        &self,
+        kind: RecordKind,
+        since: &str,
+        columns: &[&str],
+    ) -> Result<Vec<CrmRecord>, CrmError> {
+        let table = table(kind);
+        let mut select = self.select(kind, columns);
+        select.push("modifiedon");
+        // A ReferralId-shaped key and an RFC 3339 instant need no quoting in the filter.
+        let filter = format!(
+            "modifiedon ge {since} and {} ne null",
+            self.client.key_column()
+        );
+        let order = format!("modifiedon asc,{} asc", table.id);
+        let rows = self
+            .client
+            .query_all(table, &select, &filter, &order)
+            .await
+            .map_err(|e| crm_error(kind, e))?;
+        rows.into_iter().map(|row| self.record(kind, row)).collect()
     }
 }
 
