@@ -245,24 +245,24 @@ async fn referral_sync(
     json_reply(status, &answer.response)
 }
 
-async fn crm_changes(
+/// A timer invocation: the answer of `run`, 2xx for a complete run and 500 otherwise (the host
+/// does not retry timers; the next run picks the work up).
+async fn timer<F, Fut>(
+    function: &str,
     state: Arc<AppState>,
     envelope: Result<Bytes, EnvelopeError>,
-) -> warp::reply::Response {
-    let envelope = match envelope {
-        Ok(envelope) => envelope,
-        Err(e) => {
-            tracing::warn!(error = %e, "CrmChanges invocation body not read; the next run tries again");
-            return json_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &InvokeResponse::default().log(e.to_string()),
-            );
-        }
+    run: F,
+) -> warp::reply::Response
+where
+    F: FnOnce(Arc<AppState>, Bytes) -> Fut,
+    Fut: Future<Output = routes::TimerAnswer>,
+{
+    let answer = match envelope {
+        Ok(envelope) => run(state, envelope).await,
+        Err(e) => routes::TimerAnswer::failed(format!(
+            "{function} invocation body not read ({e}); the next run tries again"
+        )),
     };
-    let syncer = state.syncer.as_ref().map_err(String::as_str);
-    let answer =
-        routes::crm_changes::handle(syncer, &state.poll, &envelope, OffsetDateTime::now_utc())
-            .await;
     let status = if answer.success {
         StatusCode::OK
     } else {
@@ -271,34 +271,38 @@ async fn crm_changes(
     json_reply(status, &answer.response)
 }
 
+async fn crm_changes(
+    state: Arc<AppState>,
+    envelope: Result<Bytes, EnvelopeError>,
+) -> warp::reply::Response {
+    timer(
+        "CrmChanges",
+        state,
+        envelope,
+        |state, envelope| async move {
+            let syncer = state.syncer.as_ref().map_err(String::as_str);
+            let now = OffsetDateTime::now_utc();
+            routes::crm_changes::handle(syncer, &state.poll, &envelope, now).await
+        },
+    )
+    .await
+}
+
 async fn referral_reconcile(
     state: Arc<AppState>,
     envelope: Result<Bytes, EnvelopeError>,
 ) -> warp::reply::Response {
-    let envelope = match envelope {
-        Ok(envelope) => envelope,
-        Err(e) => {
-            tracing::warn!(error = %e, "ReferralReconcile invocation body not read; the next run tries again");
-            return json_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &InvokeResponse::default().log(e.to_string()),
-            );
-        }
-    };
-    let syncer = state.syncer.as_ref().map_err(String::as_str);
-    let answer = routes::reconcile::handle(
-        syncer,
-        &state.reconcile,
-        &envelope,
-        OffsetDateTime::now_utc(),
+    timer(
+        "ReferralReconcile",
+        state,
+        envelope,
+        |state, envelope| async move {
+            let syncer = state.syncer.as_ref().map_err(String::as_str);
+            let now = OffsetDateTime::now_utc();
+            routes::reconcile::handle(syncer, &state.reconcile, &envelope, now).await
+        },
     )
-    .await;
-    let status = if answer.success {
-        StatusCode::OK
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    json_reply(status, &answer.response)
+    .await
 }
 
 #[cfg(test)]

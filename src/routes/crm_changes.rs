@@ -7,7 +7,7 @@
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::reconcile::ReconcileAnswer;
+use super::TimerAnswer;
 use crate::{
     envelope::{InvokeRequest, InvokeResponse, TimerData},
     sync::{
@@ -21,29 +21,21 @@ pub const STATE_OUTPUT: &str = "watermarkOut";
 /// The queue output binding for records given up on (function.json).
 pub const POISON_OUTPUT: &str = "poison";
 
-fn failed(line: String) -> ReconcileAnswer {
-    tracing::error!("{line}");
-    ReconcileAnswer {
-        success: false,
-        response: InvokeResponse::default().log(line),
-    }
-}
-
 /// Handles one timer invocation envelope; `now` is when the run started.
 pub async fn handle(
     syncer: Result<&Syncer, &str>,
     settings: &PollSettings,
     envelope: &[u8],
     now: OffsetDateTime,
-) -> ReconcileAnswer {
+) -> TimerAnswer {
     let request: InvokeRequest<TimerData> = match serde_json::from_slice(envelope) {
         Ok(request) => request,
-        Err(e) => return failed(format!("malformed invocation envelope: {e}")),
+        Err(e) => return TimerAnswer::failed(format!("malformed invocation envelope: {e}")),
     };
     let syncer = match syncer {
         Ok(syncer) => syncer,
         Err(reason) => {
-            return failed(format!(
+            return TimerAnswer::failed(format!(
                 "not configured: {reason}; the next run tries again"
             ));
         }
@@ -58,7 +50,7 @@ pub async fn handle(
     let outcome = match syncer.poll(state, settings, now).await {
         Ok(outcome) => outcome,
         Err(e) => {
-            return failed(format!(
+            return TimerAnswer::failed(format!(
                 "reading the changed CRM records failed: {e}; the watermark stays, the next run tries again"
             ));
         }
@@ -85,7 +77,7 @@ pub async fn handle(
         1 => response = response.output(POISON_OUTPUT, outcome.poison[0].clone()),
         _ => response = response.output(POISON_OUTPUT, Value::Array(outcome.poison)),
     }
-    ReconcileAnswer {
+    TimerAnswer {
         success: true,
         response,
     }

@@ -5,3 +5,23 @@ pub mod health;
 pub mod reconcile;
 pub mod referral_sync;
 pub mod webhook;
+
+/// How a timer function answers the host.
+#[derive(Debug)]
+pub struct TimerAnswer {
+    /// `true`: 2xx (a complete run); `false`: non-2xx, so the invocation shows as failed.
+    pub success: bool,
+    /// The body.
+    pub response: crate::envelope::InvokeResponse,
+}
+
+impl TimerAnswer {
+    /// An incomplete run: logged, and answered non-2xx with the line.
+    pub fn failed(line: String) -> Self {
+        tracing::error!("{line}");
+        Self {
+            success: false,
+            response: crate::envelope::InvokeResponse::default().log(line),
+        }
+    }
+}

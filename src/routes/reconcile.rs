@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
+use super::TimerAnswer;
 use crate::{
     config::ReconcileSettings,
     envelope::{InvokeRequest, InvokeResponse, TimerData},
@@ -32,15 +33,6 @@ pub struct Watermark {
     pub summary: String,
 }
 
-/// How the host is answered.
-#[derive(Debug)]
-pub struct ReconcileAnswer {
-    /// `true`: 2xx (a complete run); `false`: non-2xx, so the invocation shows as failed.
-    pub success: bool,
-    /// The body.
-    pub response: InvokeResponse,
-}
-
 /// The window start: the watermark minus the overlap, or `first_lookback` before `now` when
 /// there is no usable watermark.
 pub fn since(
@@ -57,37 +49,21 @@ pub fn since(
     }
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
-
-fn failed(line: String) -> ReconcileAnswer {
-    tracing::error!("{line}");
-    ReconcileAnswer {
-        success: false,
-        response: InvokeResponse::default().log(line),
-    }
-}
-
 /// Handles one timer invocation envelope; `now` is when the run started.
 pub async fn handle(
     syncer: Result<&Syncer, &str>,
     settings: &ReconcileSettings,
     envelope: &[u8],
     now: OffsetDateTime,
-) -> ReconcileAnswer {
+) -> TimerAnswer {
     let request: InvokeRequest<TimerData> = match serde_json::from_slice(envelope) {
         Ok(request) => request,
-        Err(e) => return failed(format!("malformed invocation envelope: {e}")),
+        Err(e) => return TimerAnswer::failed(format!("malformed invocation envelope: {e}")),
     };
     let syncer = match syncer {
         Ok(syncer) => syncer,
         Err(reason) => {
-            return failed(format!(
+            return TimerAnswer::failed(format!(
                 "not configured: {reason}; the next run tries again"
             ));
         }
@@ -96,11 +72,11 @@ pub async fn handle(
     if watermark.is_some_and(|w| serde_json::from_str::<Watermark>(w).is_err()) {
         tracing::warn!("the watermark blob is unreadable; looking back from now instead");
     }
-    let since = rfc3339(since(watermark, settings, now));
+    let since = crate::sync::utc_seconds(since(watermark, settings, now));
     let listing = match reconcile::list_updated(syncer, &since, None).await {
         Ok(listing) => listing,
         Err(e) => {
-            return failed(format!(
+            return TimerAnswer::failed(format!(
                 "listing referrals updated since {since} failed: {e}; the watermark stays, the next run tries again"
             ));
         }
@@ -124,7 +100,7 @@ pub async fn handle(
         summary.line()
     );
     if summary.transient > 0 {
-        return failed(format!(
+        return TimerAnswer::failed(format!(
             "{line}; the watermark stays so the next run retries them"
         ));
     }
@@ -136,11 +112,11 @@ pub async fn handle(
         "{line}"
     );
     let watermark = Watermark {
-        completed_run_started_at: rfc3339(now),
+        completed_run_started_at: crate::sync::utc_seconds(now),
         summary: summary.line(),
     };
     let text = serde_json::to_string(&watermark).unwrap_or_default();
-    ReconcileAnswer {
+    TimerAnswer {
         success: true,
         response: InvokeResponse::default()
             .output(WATERMARK_OUTPUT, Value::from(text))
@@ -165,7 +141,7 @@ mod tests {
     #[test]
     fn the_window_starts_at_the_watermark_minus_the_overlap_or_a_day_back() {
         let now = OffsetDateTime::parse("2026-12-02T03:30:00Z", &Rfc3339).unwrap();
-        let at = |w: Option<&str>| rfc3339(since(w, &settings(), now));
+        let at = |w: Option<&str>| crate::sync::utc_seconds(since(w, &settings(), now));
         assert_eq!(
             at(Some(r#"{"completedRunStartedAt":"2026-12-01T03:30:00Z"}"#)),
             "2026-12-01T02:30:00Z"

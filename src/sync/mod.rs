@@ -22,6 +22,19 @@ pub mod reconcile;
 pub mod to_crm;
 pub mod to_partner_center;
 
+/// An instant as RFC 3339 UTC to the second (`2026-12-02T19:00:21Z`), as the audit, the
+/// watermarks and Dataverse's `modifiedon` spell it.
+pub fn utc_seconds(t: time::OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 /// Which table a referral goes to (`SYNC_TARGET`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncTarget {

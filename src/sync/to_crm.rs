@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use reqwest::StatusCode;
 use serde_json::{Map, Value};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::OffsetDateTime;
 
 use super::{RecordOutcome, SyncError, SyncReport, Syncer, WriteBackOutcome};
 use crate::{
@@ -96,11 +96,7 @@ impl Syncer {
             let current = self.locate(id).await?;
             *seen = current.clone().filter(|r| r.state.is_open());
             let referral = self.read_referral(id).await?;
-            let now = OffsetDateTime::now_utc()
-                .replace_nanosecond(0)
-                .ok()
-                .and_then(|t| t.format(&Rfc3339).ok())
-                .unwrap_or_default();
+            let now = super::utc_seconds(OffsetDateTime::now_utc());
             let audit = Audit { now: &now };
             let policy = self.policy();
             let step = match current {
@@ -414,11 +410,7 @@ impl Syncer {
                     tracing::warn!(paths = ?refused, error = %e, "Partner Center refused the optional write-back paths; sending only status and substatus from now on (the record stays linked by its key column)");
                     let line = format!(
                         "{} Partner Center refused {}; the record stays linked through its referral id column, and only status and substatus are sent back",
-                        OffsetDateTime::now_utc()
-                            .replace_nanosecond(0)
-                            .ok()
-                            .and_then(|t| t.format(&Rfc3339).ok())
-                            .unwrap_or_default(),
+                        super::utc_seconds(OffsetDateTime::now_utc()),
                         refused.join(", ")
                     );
                     if record.state.is_open()
@@ -495,11 +487,7 @@ impl Syncer {
         if record.columns.get(status_column).and_then(Value::as_str) == Some(status.as_str()) {
             return;
         }
-        let now = OffsetDateTime::now_utc()
-            .replace_nanosecond(0)
-            .ok()
-            .and_then(|t| t.format(&Rfc3339).ok())
-            .unwrap_or_default();
+        let now = super::utc_seconds(OffsetDateTime::now_utc());
         let line = Audit { now: &now }.line(FROM_PARTNER_CENTER, &format!("sync failed: {reason}"));
         if let Err(e) = self.stamp(id, table, record, &status, &line).await {
             tracing::warn!(error = %e, "could not write the error to the record");

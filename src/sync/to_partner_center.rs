@@ -90,14 +90,6 @@ impl PollOutcome {
     }
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
-
 fn parse(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &Rfc3339).ok()
 }
@@ -108,7 +100,7 @@ pub fn read_from(state: &PollState, settings: &PollSettings, now: OffsetDateTime
         Some(since) => since - settings.overlap,
         None => now - settings.first_lookback,
     };
-    rfc3339(from)
+    super::utc_seconds(from)
 }
 
 /// The next watermark: this run's start, unless a record that is still to be retried changed
@@ -125,7 +117,7 @@ pub fn next_since(
     if let Some(previous) = previous.and_then(parse) {
         next = next.max(previous);
     }
-    rfc3339(next)
+    super::utc_seconds(next)
 }
 
 /// Books one failure of a record: counts the run (from one again when the record changed
@@ -271,7 +263,7 @@ impl Syncer {
                             "table": record.kind.name(),
                             "recordId": record.id,
                             "error": format!("gave up after {} runs of CrmChanges: {reason}", settings.max_runs),
-                            "failedAt": rfc3339(now),
+                            "failedAt": super::utc_seconds(now),
                         }));
                     } else {
                         pending.push(record.modified_on.clone());
