@@ -10,7 +10,10 @@ use std::{
 use futures::{StreamExt, stream};
 use referral_connector::{config::Settings, startup::Application};
 use serde_json::json;
-use testkit::sync_world::{SyncWorld, queue_envelope, referral, sync_message};
+use testkit::{
+    host::timer_envelope,
+    sync_world::{SyncWorld, queue_envelope, referral, sync_message},
+};
 
 const N: usize = 2000;
 const CONCURRENCY: usize = 16;
@@ -65,6 +68,7 @@ struct Figures {
     noops: f64,
     raw: f64,
     raw_dataverse: f64,
+    idle_poll: (usize, usize),
 }
 
 async fn measure(target: &str) -> Figures {
@@ -148,6 +152,26 @@ async fn measure(target: &str) -> Figures {
         }
     })
     .await;
+    // An idle CrmChanges run: nothing changed since the watermark.
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::minutes(10))
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let state = json!({"since": later}).to_string();
+    clear(&world);
+    let response = client
+        .post(format!("{address}/CrmChanges"))
+        .body(timer_envelope("CrmChanges", Some(&state)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let idle_poll = (
+        world.dataverse.requests().len(),
+        world.partner_center.requests().len(),
+    );
+
     let dv = Arc::new(world.dataverse.base_url());
     let set = if target == "lead" {
         "leads"
@@ -172,6 +196,7 @@ async fn measure(target: &str) -> Figures {
     })
     .await;
     Figures {
+        idle_poll,
         raw_dataverse,
         first_create,
         create,
@@ -203,6 +228,7 @@ fn main() {
             println!("    referral notes changed            {}", f.update);
             println!("    no-op                             {}", f.noop);
             println!("  token requests: {} on the first sync, {} on later ones", f.tokens_first, f.tokens_later);
+            println!("  idle CrmChanges run: {} Dataverse, {} Partner Center requests (one query per polled table; none to Partner Center)", f.idle_poll.0, f.idle_poll.1);
             println!("  reference: raw GET round trips to the Partner Center fake {:>8.0}/s  (=> at most {:.0} creates/s, {:.0} no-ops/s)", f.raw, f.raw / f.create as f64, f.raw / f.noop as f64);
             let noop_bound = 1.0 / (1.0 / f.raw + 1.0 / f.raw_dataverse);
             println!("  reference: raw GET by key to the Dataverse fake ({} rows) {:>8.0}/s  (one of each => at most {noop_bound:.0} no-ops/s)", N + 3, f.raw_dataverse);
