@@ -16,6 +16,16 @@ use crate::{
 
 pub mod dataverse;
 
+/// The CRM adapter the settings describe (Dataverse; Salesforce will be chosen here too), with
+/// its client and credential. Fails naming the first missing or unusable setting.
+pub fn from_settings(
+    settings: &crate::config::Settings,
+    http: reqwest::Client,
+) -> Result<std::sync::Arc<dyn Crm>, crate::config::ConfigError> {
+    let client = dataverse::DataverseClient::from_settings(settings, http)?;
+    Ok(std::sync::Arc::new(dataverse::DataverseCrm::from(client)))
+}
+
 /// The two kinds of record a referral becomes, whatever the CRM calls its tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RecordKind {
@@ -179,11 +189,13 @@ pub enum CrmError {
 }
 
 impl CrmError {
-    /// Whether a later attempt may succeed.
+    /// Whether a later attempt may succeed. A conflict or a vanished record that reaches the
+    /// caller is retried: the next attempt reads both sides again.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Call { source, .. } => source.is_transient(),
-            Self::Conflict(_) | Self::Gone(_) | Self::Rejected { .. } => false,
+            Self::Conflict(_) | Self::Gone(_) => true,
+            Self::Rejected { .. } => false,
         }
     }
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::{
     config::{ConfigError, Settings},
-    crm::{Crm, CrmError, Outcome, RecordKind, RecordState, dataverse::DataverseCrm},
+    crm::{Crm, CrmError, Outcome, RecordKind, RecordState},
     domain::{Referral, ReferralId},
     mapping::{MapError, Mappings, WriteBackPolicy},
     partner_center::{PartnerCenterClient, PartnerCenterError},
@@ -280,12 +280,8 @@ impl Syncer {
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
         let http = crate::http::client(&settings.http)?;
         let (partner_center, _) = PartnerCenterClient::from_settings(settings, http.clone())?;
-        let dataverse = crate::crm::dataverse::DataverseClient::from_settings(settings, http)?;
-        Ok(Self::new(
-            partner_center,
-            Arc::new(DataverseCrm::from(dataverse)),
-            settings,
-        ))
+        let crm = crate::crm::from_settings(settings, http)?;
+        Ok(Self::new(partner_center, crm, settings))
     }
 
     /// A syncer over any CRM adapter, with the sync settings.
@@ -343,7 +339,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{crm::dataverse::DataverseError, http::CallError};
+    use crate::http::CallError;
 
     #[test]
     fn messages_parse_from_the_webhook_object_or_a_bare_id() {
@@ -403,23 +399,18 @@ mod tests {
             body: String::new(),
             retry_after: None,
         };
-        let dataverse = |e: DataverseError| -> SyncError {
-            SyncError::Crm(match e {
-                DataverseError::Call(source) => CrmError::Call {
-                    crm: "Dataverse",
-                    source,
-                },
-                DataverseError::Conflict => CrmError::Conflict(RecordKind::Lead),
-                DataverseError::Gone => CrmError::Gone(RecordKind::Lead),
+        let crm = |source: CallError| -> SyncError {
+            SyncError::Crm(CrmError::Call {
+                crm: "Dataverse",
+                source,
             })
         };
         let retry = [
             SyncError::PartnerCenter(PartnerCenterError::Call(status(429))),
             SyncError::PartnerCenter(PartnerCenterError::Call(status(503))),
-            dataverse(DataverseError::Call(status(500))),
-            dataverse(DataverseError::Call(CallError::Transport(
-                "timed out".into(),
-            ))),
+            crm(status(500)),
+            crm(CallError::Transport("timed out".into())),
+            SyncError::Crm(CrmError::Conflict(RecordKind::Lead)),
             SyncError::PartnerCenter(PartnerCenterError::Call(CallError::Token {
                 message: "down".into(),
                 transient: true,
@@ -433,7 +424,7 @@ mod tests {
         let give_up = [
             SyncError::Malformed("x".into()),
             SyncError::ReferralNotFound(id),
-            dataverse(DataverseError::Call(status(400))),
+            crm(status(400)),
             SyncError::Crm(CrmError::Rejected {
                 crm: "Dataverse",
                 message: "closed".into(),
