@@ -233,3 +233,41 @@ async fn a_record_failing_on_every_run_is_reported_once_and_the_watermark_waits_
         "{poison}"
     );
 }
+
+#[tokio::test]
+async fn the_poll_query_follows_every_page() {
+    let fakes = SyncWorld::start().await;
+    for i in 0..1201 {
+        fakes
+            .dataverse
+            .insert_account(json!({"name": format!("Customer {i:04}")}));
+    }
+    let settings = sync_settings(&fakes, &[]);
+    let http = referral_connector::http::client(&settings.http).unwrap();
+    let client =
+        referral_connector::crm::dataverse::DataverseClient::from_settings(&settings, http)
+            .unwrap();
+    let rows = client
+        .query_all(
+            referral_connector::crm::dataverse::Table::ACCOUNT,
+            &["accountid", "name"],
+            "name ne null",
+            "name asc,accountid asc",
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1201);
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "in order across pages");
+    sorted.dedup();
+    assert_eq!(sorted.len(), 1201, "no row twice");
+    let pages = fakes.dataverse.requests_matching("GET", "/accounts");
+    assert_eq!(pages.len(), 3, "500 + 500 + 201");
+    assert!(
+        pages
+            .iter()
+            .all(|p| p.header("prefer") == Some("odata.maxpagesize=500"))
+    );
+}

@@ -2852,9 +2852,21 @@ fn post_create(s: &mut State, t: usize, req: &Recorded, base: &str) -> Reply {
     write_reply(s, t, req, base, &written)
 }
 
-/// `GET /<set>?$select&$filter&$orderby&$top&$count` (one page: no `@odata.nextLink`).
+/// `GET /<set>?$select&$filter&$orderby&$top&$count`. With `Prefer: odata.maxpagesize=N` the
+/// rows come N at a time, each page with an `@odata.nextLink` carrying `$skiptoken` (as
+/// Dataverse pages; `$top` is then ignored, as the spec says).
 fn query(s: &State, t: usize, req: &Recorded, base: &str) -> Reply {
-    if let Err(r) = check_options(req, &["$select", "$filter", "$orderby", "$top", "$count"]) {
+    if let Err(r) = check_options(
+        req,
+        &[
+            "$select",
+            "$filter",
+            "$orderby",
+            "$top",
+            "$count",
+            "$skiptoken",
+        ],
+    ) {
         return r;
     }
     let select = select_list(req);
@@ -2940,8 +2952,46 @@ fn query(s: &State, t: usize, req: &Recorded, base: &str) -> Reply {
         a.0.seq.cmp(&b.0.seq)
     });
     let total = rows.len();
-    if let Some(n) = top {
-        rows.truncate(n);
+    let page_size = req
+        .header("prefer")
+        .and_then(|p| {
+            p.split(',')
+                .find_map(|part| part.trim().strip_prefix("odata.maxpagesize="))
+        })
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0);
+    let skip = match req.query_value("$skiptoken").map(|v| v.parse::<usize>()) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return dv_error(400, "0x80060888", "Invalid $skiptoken."),
+    };
+    let mut next_link = None;
+    match page_size {
+        Some(size) => {
+            rows.drain(..skip.min(rows.len()));
+            if rows.len() > size {
+                rows.truncate(size);
+                let query: Vec<String> = req
+                    .query
+                    .as_deref()
+                    .unwrap_or("")
+                    .split('&')
+                    .filter(|p| !p.is_empty() && !p.starts_with("$skiptoken="))
+                    .map(str::to_owned)
+                    .collect();
+                next_link = Some(format!(
+                    "{base}{}?{}&$skiptoken={}",
+                    req.path,
+                    query.join("&"),
+                    skip + size
+                ));
+            }
+        }
+        None => {
+            if let Some(n) = top {
+                rows.truncate(n);
+            }
+        }
     }
     let ann = Annotations::of(req);
     let value: Vec<Value> = rows
@@ -2955,6 +3005,9 @@ fn query(s: &State, t: usize, req: &Recorded, base: &str) -> Reply {
     });
     if count {
         body["@odata.count"] = json!(total);
+    }
+    if let Some(link) = next_link {
+        body["@odata.nextLink"] = json!(link);
     }
     Reply::json(200, &body).header("odata-version", "4.0")
 }
