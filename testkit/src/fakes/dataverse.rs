@@ -21,7 +21,7 @@
 
 use std::{
     cmp::Ordering,
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ops::Deref,
     sync::{Arc, Mutex},
 };
@@ -702,10 +702,117 @@ impl Row {
     }
 }
 
+/// The string value of `column` in `row`, if any (what a key address or the uniqueness check
+/// compares).
+fn key_value<'a>(column: &str, row: &'a Row) -> Option<&'a str> {
+    row.columns.get(column).and_then(Value::as_str)
+}
+
+/// The rows of one table by lower-case id, with an index from the value of the key column
+/// (`State::key_column`) to the rows holding it, so that key addresses and the uniqueness check
+/// are not full scans. Reads go through `Deref`; there is no `DerefMut`: every change goes
+/// through [`insert`](Self::insert), [`remove`](Self::remove) or [`update`](Self::update), which
+/// keep the index exact.
+#[derive(Debug, Default)]
+struct Rows {
+    map: BTreeMap<String, Row>,
+    key_column: String,
+    /// Key value → `(seq, id)` of every row whose key column holds that string.
+    by_key: BTreeMap<String, BTreeSet<(u64, String)>>,
+}
+
+impl Deref for Rows {
+    type Target = BTreeMap<String, Row>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Rows {
+    fn new(key_column: &str) -> Self {
+        Self {
+            key_column: key_column.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    fn index(by_key: &mut BTreeMap<String, BTreeSet<(u64, String)>>, value: &str, row: &Row) {
+        by_key
+            .entry(value.to_owned())
+            .or_default()
+            .insert((row.seq, row.id.clone()));
+    }
+
+    fn unindex(by_key: &mut BTreeMap<String, BTreeSet<(u64, String)>>, value: &str, row: &Row) {
+        if let Some(ids) = by_key.get_mut(value) {
+            ids.remove(&(row.seq, row.id.clone()));
+            if ids.is_empty() {
+                by_key.remove(value);
+            }
+        }
+    }
+
+    /// Adds `row` (replacing a row with the same id).
+    fn insert(&mut self, row: Row) {
+        if let Some(value) = key_value(&self.key_column, &row) {
+            Self::index(&mut self.by_key, value, &row);
+        }
+        if let Some(old) = self.map.insert(row.id.clone(), row)
+            && let Some(value) = key_value(&self.key_column, &old)
+        {
+            Self::unindex(&mut self.by_key, value, &old);
+        }
+    }
+
+    /// Deletes row `id`.
+    fn remove(&mut self, id: &str) -> Option<Row> {
+        let row = self.map.remove(id)?;
+        if let Some(value) = key_value(&self.key_column, &row) {
+            Self::unindex(&mut self.by_key, value, &row);
+        }
+        Some(row)
+    }
+
+    /// Changes existing row `id` with `f` (which must not change its `id` or `seq`) and
+    /// re-indexes it. Panics if the row is missing.
+    fn update<R>(&mut self, id: &str, f: impl FnOnce(&mut Row) -> R) -> R {
+        let row = self.map.get_mut(id).expect("row exists");
+        let (seq, before) = (row.seq, key_value(&self.key_column, row).map(str::to_owned));
+        let out = f(row);
+        assert!(row.seq == seq && row.id == id, "a row keeps its id and seq");
+        let after = key_value(&self.key_column, row);
+        if before.as_deref() != after {
+            if let Some(value) = &before {
+                Self::unindex(&mut self.by_key, value, row);
+            }
+            if let Some(value) = after {
+                Self::index(&mut self.by_key, value, row);
+            }
+        }
+        out
+    }
+
+    /// The id of the first created row whose key column is `value`.
+    fn find_by_key(&self, value: &str) -> Option<&str> {
+        self.by_key
+            .get(value)
+            .and_then(BTreeSet::first)
+            .map(|(_, id)| id.as_str())
+    }
+
+    /// Whether a row other than `own` has `value` in the key column.
+    fn key_taken(&self, value: &str, own: Option<&str>) -> bool {
+        self.by_key
+            .get(value)
+            .is_some_and(|ids| ids.iter().any(|(_, id)| Some(id.as_str()) != own))
+    }
+}
+
 #[derive(Debug, Default)]
 struct Table {
     /// By lower-case id.
-    rows: BTreeMap<String, Row>,
+    rows: Rows,
     attributes: BTreeMap<String, Attr>,
     keys: Vec<EntityKey>,
     /// Successful write requests addressed to this table.
@@ -772,6 +879,7 @@ impl State {
     fn new(key_column: &str) -> Self {
         let tables = (0..TABLES.len())
             .map(|t| Table {
+                rows: Rows::new(key_column),
                 attributes: standard_columns(t)
                     .into_iter()
                     .map(|(name, kind)| (name.to_owned(), Attr::standard(t, name, kind)))
@@ -854,10 +962,13 @@ impl State {
 
     /// The id of the (first created) row of `t` whose `col` is `value`.
     fn find_by_key(&self, t: usize, col: &str, value: &str) -> Option<String> {
-        self.tables[t]
-            .rows
-            .values()
-            .filter(|r| r.columns.get(col).and_then(Value::as_str) == Some(value))
+        let rows = &self.tables[t].rows;
+        if col == rows.key_column {
+            return rows.find_by_key(value).map(str::to_owned);
+        }
+        // Another alternate key (not indexed; no hot path uses one).
+        rows.values()
+            .filter(|r| key_value(col, r) == Some(value))
             .min_by_key(|r| r.seq)
             .map(|r| r.id.clone())
     }
@@ -908,7 +1019,7 @@ impl State {
             modifiedon: now,
             columns,
         };
-        self.tables[t].rows.insert(id.clone(), row);
+        self.tables[t].rows.insert(row);
         self.derive(t, &id);
         id
     }
@@ -916,9 +1027,10 @@ impl State {
     /// Records a change of row `id`: version + 1, `modifiedon` now, computed columns.
     fn touch(&mut self, t: usize, id: &str) {
         let now = self.now();
-        let row = self.tables[t].rows.get_mut(id).expect("row exists");
-        row.version += 1;
-        row.modifiedon = now;
+        self.tables[t].rows.update(id, |row| {
+            row.version += 1;
+            row.modifiedon = now;
+        });
         self.derive(t, id);
     }
 
@@ -937,23 +1049,23 @@ impl State {
                     .and_then(Value::as_f64)
                     .filter(|r| *r > 0.0)
                     .unwrap_or(1.0);
-                let row = self.tables[t].rows.get_mut(id).expect("row exists");
-                row.columns.insert("exchangerate".into(), json!(rate));
-                for col in ["estimatedvalue", "actualvalue"] {
-                    let base = format!("{col}_base");
-                    match row.columns.get(col).and_then(Value::as_f64) {
-                        Some(v) => {
-                            let b = (v / rate * 10_000.0).round() / 10_000.0;
-                            row.columns.insert(base, json!(b));
-                        }
-                        None => {
-                            row.columns.remove(&base);
+                self.tables[t].rows.update(id, |row| {
+                    row.columns.insert("exchangerate".into(), json!(rate));
+                    for col in ["estimatedvalue", "actualvalue"] {
+                        let base = format!("{col}_base");
+                        match row.columns.get(col).and_then(Value::as_f64) {
+                            Some(v) => {
+                                let b = (v / rate * 10_000.0).round() / 10_000.0;
+                                row.columns.insert(base, json!(b));
+                            }
+                            None => {
+                                row.columns.remove(&base);
+                            }
                         }
                     }
-                }
+                });
             }
-            CONTACT => {
-                let row = self.tables[t].rows.get_mut(id).expect("row exists");
+            CONTACT => self.tables[t].rows.update(id, |row| {
                 let parts: Vec<&str> = ["firstname", "lastname"]
                     .iter()
                     .filter_map(|c| row.text(c))
@@ -962,7 +1074,7 @@ impl State {
                     let full = parts.join(" ");
                     row.columns.insert("fullname".into(), json!(full));
                 }
-            }
+            }),
             _ => {}
         }
     }
@@ -985,11 +1097,7 @@ impl State {
             .columns
             .get("_transactioncurrencyid_value")
             .cloned();
-        {
-            let row = self.tables[OPPORTUNITY]
-                .rows
-                .get_mut(id)
-                .expect("row exists");
+        self.tables[OPPORTUNITY].rows.update(id, |row| {
             row.statecode = state;
             row.statuscode = status;
             if let Some(revenue) = revenue {
@@ -997,7 +1105,7 @@ impl State {
             }
             row.columns
                 .insert("actualclosedate".into(), json!(close_date));
-        }
+        });
         self.touch(OPPORTUNITY, id);
         let mut columns: Map<String, Value> = close
             .into_iter()
@@ -1015,14 +1123,10 @@ impl State {
 
     /// Reopens opportunity `id` with `status`; its completed close rows become Canceled.
     fn reopen_opportunity(&mut self, id: &str, status: i64) {
-        {
-            let row = self.tables[OPPORTUNITY]
-                .rows
-                .get_mut(id)
-                .expect("row exists");
+        self.tables[OPPORTUNITY].rows.update(id, |row| {
             row.statecode = 0;
             row.statuscode = status;
-        }
+        });
         self.touch(OPPORTUNITY, id);
         let closes: Vec<String> = self.tables[OPPORTUNITY_CLOSE]
             .rows
@@ -1037,12 +1141,10 @@ impl State {
             .map(|r| r.id.clone())
             .collect();
         for close in closes {
-            let row = self.tables[OPPORTUNITY_CLOSE]
-                .rows
-                .get_mut(&close)
-                .expect("row exists");
-            row.statecode = 2;
-            row.statuscode = 3;
+            self.tables[OPPORTUNITY_CLOSE].rows.update(&close, |row| {
+                row.statecode = 2;
+                row.statuscode = 3;
+            });
             self.touch(OPPORTUNITY_CLOSE, &close);
         }
     }
@@ -1152,15 +1254,14 @@ impl State {
             created.push((OPPORTUNITY, id.clone()));
             opportunity = Some(id);
         }
-        {
-            let row = self.tables[LEAD].rows.get_mut(lead_id).expect("row exists");
+        self.tables[LEAD].rows.update(lead_id, |row| {
             row.statecode = 1;
             row.statuscode = q.status;
             if let Some(opportunity) = opportunity {
                 row.columns
                     .insert("_qualifyingopportunityid_value".into(), json!(opportunity));
             }
-        }
+        });
         self.touch(LEAD, lead_id);
         created
     }
@@ -1443,9 +1544,10 @@ impl FakeDataverse {
     pub fn set_lead_state(&self, key_value: &str, statecode: i64, statuscode: i64) {
         let mut s = lock(&self.state);
         let id = Self::lead_id(&s, key_value, "set_lead_state");
-        let row = s.tables[LEAD].rows.get_mut(&id).expect("row exists");
-        row.statecode = statecode;
-        row.statuscode = statuscode;
+        s.tables[LEAD].rows.update(&id, |row| {
+            row.statecode = statecode;
+            row.statuscode = statuscode;
+        });
         s.touch(LEAD, &id);
     }
 
@@ -1453,8 +1555,9 @@ impl FakeDataverse {
     pub fn set_lead_column(&self, key_value: &str, column: &str, value: Value) {
         let mut s = lock(&self.state);
         let id = Self::lead_id(&s, key_value, "set_lead_column");
-        let row = s.tables[LEAD].rows.get_mut(&id).expect("row exists");
-        row.columns.insert(column.to_owned(), value);
+        s.tables[LEAD].rows.update(&id, |row| {
+            row.columns.insert(column.to_owned(), value);
+        });
         s.touch(LEAD, &id);
     }
 
@@ -1557,8 +1660,9 @@ impl FakeDataverse {
             !matches!(column, "statecode" | "statuscode"),
             "set_opportunity_column: use set_opportunity_state"
         );
-        let row = s.tables[OPPORTUNITY].rows.get_mut(&id).expect("row exists");
-        row.columns.insert(column.to_owned(), value);
+        s.tables[OPPORTUNITY].rows.update(&id, |row| {
+            row.columns.insert(column.to_owned(), value);
+        });
         s.touch(OPPORTUNITY, &id);
     }
 
@@ -1578,9 +1682,7 @@ impl FakeDataverse {
             (0, 0) => {
                 s.tables[OPPORTUNITY]
                     .rows
-                    .get_mut(&id)
-                    .expect("row exists")
-                    .statuscode = statuscode;
+                    .update(&id, |row| row.statuscode = statuscode);
                 s.touch(OPPORTUNITY, &id);
             }
             (_, 0) => s.reopen_opportunity(&id, statuscode),
@@ -2250,10 +2352,7 @@ fn check_unique(
     let Some(value) = set.get(col).and_then(Value::as_str) else {
         return Ok(());
     };
-    let taken = s.tables[t].rows.values().any(|r| {
-        Some(r.id.as_str()) != own && r.columns.get(col).and_then(Value::as_str) == Some(value)
-    });
-    if taken {
+    if s.tables[t].rows.key_taken(value, own) {
         return Err(dv_error(
             412,
             "0x80060892",
@@ -2389,21 +2488,21 @@ fn update_row(
         _ => generic_change(t, row, &p)?,
     };
     check_unique(s, t, Some(id), &p.set)?;
-    let row = s.tables[t].rows.get_mut(id).expect("row exists");
-    for (k, v) in p.set {
-        if is_lookup_value(&k) && v.is_null() {
-            row.columns.remove(&k);
-        } else {
-            row.columns.insert(k, v);
+    s.tables[t].rows.update(id, |row| {
+        for (k, v) in p.set {
+            if is_lookup_value(&k) && v.is_null() {
+                row.columns.remove(&k);
+            } else {
+                row.columns.insert(k, v);
+            }
         }
-    }
-    match change {
-        Change::None => s.touch(t, id),
-        Change::Set(sc, st) => {
+        if let Change::Set(sc, st) = change {
             row.statecode = sc;
             row.statuscode = st;
-            s.touch(t, id);
         }
+    });
+    match change {
+        Change::None | Change::Set(..) => s.touch(t, id),
         Change::Reopen(st) => s.reopen_opportunity(id, st),
     }
     Ok(())
@@ -4342,5 +4441,140 @@ mod tests {
         let status = &s.tables[OPPORTUNITY].attributes["statuscode"];
         assert_eq!(status.option_label(5).as_deref(), Some("Out-Sold"));
         assert!(s.now().ends_with('Z') && s.now().len() == "2026-12-02T18:31:22Z".len());
+    }
+
+    /// A request through the fake's router, as the server would pass it.
+    fn send(state: &Mutex<State>, method: &str, path: &str, body: Value) -> Reply {
+        let req = Recorded {
+            method: method.into(),
+            path: format!("{API}{path}"),
+            query: None,
+            headers: vec![("authorization".into(), "Bearer t".into())],
+            body: if body.is_null() {
+                Vec::new()
+            } else {
+                body.to_string().into_bytes()
+            },
+        };
+        handle(state, &req, "http://fake")
+    }
+
+    /// The key index of every table equals the one a full scan of its rows builds.
+    fn assert_index_exact(s: &State) {
+        for (def, table) in TABLES.iter().zip(&s.tables) {
+            let mut scanned: BTreeMap<String, BTreeSet<(u64, String)>> = BTreeMap::new();
+            for row in table.rows.values() {
+                if let Some(v) = key_value(&s.key_column, row) {
+                    scanned
+                        .entry(v.to_owned())
+                        .or_default()
+                        .insert((row.seq, row.id.clone()));
+                }
+            }
+            assert_eq!(table.rows.by_key, scanned, "key index of {}", def.logical);
+        }
+    }
+
+    #[test]
+    fn key_index_follows_every_change_of_the_key_column() {
+        let state = Mutex::new(State::new("new_k"));
+        let by_key = |v: &str| format!("leads(new_k='{v}')");
+        let status = |r: Reply| (r.status, r.body);
+        for (key, subject) in [("a", "A"), ("b", "B")] {
+            let r = send(&state, "PATCH", &by_key(key), json!({ "subject": subject }));
+            assert_eq!(status(r).0, 204);
+        }
+        let a = lock(&state)
+            .find_by_key(LEAD, "new_k", "a")
+            .expect("lead a");
+        let b = lock(&state)
+            .find_by_key(LEAD, "new_k", "b")
+            .expect("lead b");
+        assert_index_exact(&lock(&state));
+
+        // A PATCH by id moves lead a to key c: a no longer finds it, c does.
+        let r = send(
+            &state,
+            "PATCH",
+            &format!("leads({a})"),
+            json!({"new_k": "c"}),
+        );
+        assert_eq!(status(r).0, 204);
+        assert_index_exact(&lock(&state));
+        assert_eq!(send(&state, "GET", &by_key("a"), Value::Null).status, 404);
+        let got: Value = serde_json::from_str(&send(&state, "GET", &by_key("c"), Value::Null).body)
+            .expect("json");
+        assert_eq!(got["leadid"], json!(a));
+        assert_eq!(got["subject"], json!("A"));
+
+        // The moved key is still unique: neither a create nor another row may take c, and the
+        // row may not take b; key a is free again.
+        for (method, path, body) in [
+            ("POST", "leads".to_owned(), json!({"new_k": "c"})),
+            (
+                "PATCH",
+                format!("leads({})", new_id()),
+                json!({"new_k": "c"}),
+            ),
+            ("PATCH", format!("leads({b})"), json!({"new_k": "c"})),
+            ("PATCH", format!("leads({a})"), json!({"new_k": "b"})),
+        ] {
+            let (code, body) = status(send(&state, method, &path, body));
+            assert_eq!(code, 412, "{method} {path}: {body}");
+            assert!(body.contains("0x80060892"), "{body}");
+        }
+        let r = send(&state, "PATCH", &by_key("b"), json!({"new_k": "x"}));
+        assert_eq!(
+            status(r).0,
+            204,
+            "the key from the URL is stripped on update"
+        );
+        let r = send(
+            &state,
+            "POST",
+            "leads",
+            json!({"new_k": "a", "subject": "A2"}),
+        );
+        assert_eq!(status(r).0, 204);
+        assert_index_exact(&lock(&state));
+        let a2 = lock(&state)
+            .find_by_key(LEAD, "new_k", "a")
+            .expect("new lead a");
+        assert_ne!(a2, a);
+
+        // Clearing the key unindexes the row; Qualify and test-helper edits keep it exact.
+        let r = send(
+            &state,
+            "PATCH",
+            &format!("leads({a})"),
+            json!({"new_k": null}),
+        );
+        assert_eq!(status(r).0, 204);
+        assert_eq!(send(&state, "GET", &by_key("c"), Value::Null).status, 404);
+        let qualify = json!({
+            "CreateAccount": true, "CreateContact": true, "CreateOpportunity": true, "Status": 3,
+        });
+        let r = send(
+            &state,
+            "POST",
+            &format!("{}/Microsoft.Dynamics.CRM.QualifyLead", by_key("a")),
+            qualify,
+        );
+        assert_eq!(status(r).0, 200);
+        {
+            let mut s = lock(&state);
+            s.tables[LEAD]
+                .rows
+                .update(&a, |row| row.columns.insert("new_k".into(), json!("a")));
+            assert_eq!(
+                s.find_by_key(LEAD, "new_k", "a"),
+                Some(a.clone()),
+                "the first created row wins"
+            );
+            assert_index_exact(&s);
+            s.tables[LEAD].rows.remove(&a);
+            assert_eq!(s.find_by_key(LEAD, "new_k", "a"), Some(a2.clone()));
+            assert_index_exact(&s);
+        }
     }
 }
