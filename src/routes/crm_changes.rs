@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::TimerAnswer;
 use crate::{
-    envelope::{InvokeRequest, InvokeResponse, TimerData},
+    envelope::InvokeResponse,
     sync::{
         Syncer,
         to_partner_center::{PollSettings, PollState},
@@ -28,19 +28,11 @@ pub async fn handle(
     envelope: &[u8],
     now: OffsetDateTime,
 ) -> TimerAnswer {
-    let request: InvokeRequest<TimerData> = match serde_json::from_slice(envelope) {
+    let (data, syncer) = match super::timer_request(envelope, syncer) {
         Ok(request) => request,
-        Err(e) => return TimerAnswer::failed(format!("malformed invocation envelope: {e}")),
+        Err(line) => return TimerAnswer::failed(line),
     };
-    let syncer = match syncer {
-        Ok(syncer) => syncer,
-        Err(reason) => {
-            return TimerAnswer::failed(format!(
-                "not configured: {reason}; the next run tries again"
-            ));
-        }
-    };
-    let state = match request.data.watermark.as_deref() {
+    let state = match data.watermark.as_deref() {
         None => PollState::default(),
         Some(text) => serde_json::from_str(text).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "the CrmChanges state blob is unreadable; starting afresh");

@@ -25,3 +25,16 @@ impl TimerAnswer {
         }
     }
 }
+
+/// A timer invocation's `Data` and the sync, or the line that says why the run cannot start.
+pub fn timer_request<'a>(
+    envelope: &[u8],
+    syncer: Result<&'a crate::sync::Syncer, &str>,
+) -> Result<(crate::envelope::TimerData, &'a crate::sync::Syncer), String> {
+    let request: crate::envelope::InvokeRequest<crate::envelope::TimerData> =
+        serde_json::from_slice(envelope)
+            .map_err(|e| format!("malformed invocation envelope: {e}"))?;
+    let syncer =
+        syncer.map_err(|reason| format!("not configured: {reason}; the next run tries again"))?;
+    Ok((request.data, syncer))
+}

@@ -11,7 +11,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use super::TimerAnswer;
 use crate::{
     config::ReconcileSettings,
-    envelope::{InvokeRequest, InvokeResponse, TimerData},
+    envelope::InvokeResponse,
     sync::{
         Syncer,
         reconcile::{self, Summary},
@@ -56,19 +56,11 @@ pub async fn handle(
     envelope: &[u8],
     now: OffsetDateTime,
 ) -> TimerAnswer {
-    let request: InvokeRequest<TimerData> = match serde_json::from_slice(envelope) {
+    let (data, syncer) = match super::timer_request(envelope, syncer) {
         Ok(request) => request,
-        Err(e) => return TimerAnswer::failed(format!("malformed invocation envelope: {e}")),
+        Err(line) => return TimerAnswer::failed(line),
     };
-    let syncer = match syncer {
-        Ok(syncer) => syncer,
-        Err(reason) => {
-            return TimerAnswer::failed(format!(
-                "not configured: {reason}; the next run tries again"
-            ));
-        }
-    };
-    let watermark = request.data.watermark.as_deref();
+    let watermark = data.watermark.as_deref();
     if watermark.is_some_and(|w| serde_json::from_str::<Watermark>(w).is_err()) {
         tracing::warn!("the watermark blob is unreadable; looking back from now instead");
     }
@@ -92,7 +84,7 @@ pub async fn handle(
     let summary = Summary::of(&results, unreadable);
     let line = format!(
         "reconciled referrals updated since {since}{}: {}",
-        if request.data.timer.is_past_due {
+        if data.timer.is_past_due {
             " (catch-up run)"
         } else {
             ""
