@@ -2973,13 +2973,13 @@ fn query(s: &State, t: usize, req: &Recorded, base: &str) -> Reply {
         return r;
     }
     let filter = match req.query_value("$filter") {
-        None => Vec::new(),
+        None => Filter::all_rows(),
         Some(text) => match parse_filter(&text) {
             Ok(f) => f,
             Err(message) => return dv_error(400, "0x80060888", &message),
         },
     };
-    for c in &filter {
+    for c in filter.conditions() {
         match column_kind(s, t, &c.column) {
             None if s.enforce_schema => return unknown_property_read(t, &c.column),
             Some(kind) if !c.literal.fits(&kind) => {
@@ -3035,7 +3035,7 @@ fn query(s: &State, t: usize, req: &Recorded, base: &str) -> Reply {
         .rows
         .values()
         .map(|r| (r, row_view(t, r)))
-        .filter(|(_, view)| filter.iter().all(|c| c.matches(view)))
+        .filter(|(_, view)| filter.matches(view))
         .collect();
     rows.sort_by(|a, b| {
         for (c, desc) in &order {
@@ -3127,7 +3127,7 @@ fn compare_values(a: &Value, b: &Value) -> Ordering {
 }
 
 // ---------------------------------------------------------------------------------------------
-// $filter: `col op literal` joined by `and`
+// $filter: `col op literal` joined by `and`/`or`, with parentheses
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -3305,6 +3305,8 @@ impl Condition {
 enum Token {
     Word(String, usize),
     Str(String, usize),
+    Open(usize),
+    Close(usize),
 }
 
 fn tokenize(text: &str) -> Result<Vec<Token>, String> {
@@ -3341,10 +3343,12 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
                 }
             }
             tokens.push(Token::Str(out, start));
-        } else if c == '(' || c == ')' {
-            return Err(format!(
-                "'{c}' at position {i} in '{text}': the fake's $filter supports only `column op literal` joined by `and` (no functions or grouping)."
-            ));
+        } else if c == '(' {
+            tokens.push(Token::Open(i));
+            i += 1;
+        } else if c == ')' {
+            tokens.push(Token::Close(i));
+            i += 1;
         } else {
             let start = i;
             while i < chars.len()
@@ -3359,48 +3363,127 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
     Ok(tokens)
 }
 
-/// Parses `col op literal [and col op literal]…` (`op`: eq ne gt ge lt le; literals: `'text'`
-/// with `''` for a quote, null, true/false, integers, decimals, GUIDs, dates, RFC 3339
-/// date-times). Anything else is an error message.
-fn parse_filter(text: &str) -> Result<Vec<Condition>, String> {
-    let unsupported = |what: &str, pos: usize| {
+/// A parsed `$filter`, in disjunctive normal form: a row matches when every condition of
+/// one of the groups holds.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Filter {
+    any: Vec<Vec<Condition>>,
+}
+
+impl Filter {
+    /// No `$filter`: every row.
+    fn all_rows() -> Self {
+        Self { any: vec![Vec::new()] }
+    }
+
+    fn matches(&self, row: &Map<String, Value>) -> bool {
+        self.any.iter().any(|group| group.iter().all(|c| c.matches(row)))
+    }
+
+    fn conditions(&self) -> impl Iterator<Item = &Condition> {
+        self.any.iter().flatten()
+    }
+
+    fn and(self, other: Self) -> Self {
+        let mut any = Vec::new();
+        for a in &self.any {
+            for b in &other.any {
+                any.push(a.iter().chain(b).cloned().collect());
+            }
+        }
+        Self { any }
+    }
+
+    fn or(mut self, other: Self) -> Self {
+        self.any.extend(other.any);
+        self
+    }
+}
+
+struct FilterParser<'a> {
+    text: &'a str,
+    tokens: std::iter::Peekable<std::vec::IntoIter<Token>>,
+}
+
+impl FilterParser<'_> {
+    fn unsupported(&self, what: &str, pos: usize) -> String {
         format!(
-            "{what} at position {pos} in '{text}': the fake's $filter supports only `column op literal` (op: eq, ne, gt, ge, lt, le) joined by `and`."
+            "{what} at position {pos} in '{}': the fake's $filter supports only `column op literal` (op: eq, ne, gt, ge, lt, le) joined by `and`/`or`, with parentheses.",
+            self.text
         )
-    };
-    let mut tokens = tokenize(text)?.into_iter();
-    let mut conditions = Vec::new();
-    loop {
-        let column = match tokens.next() {
+    }
+
+    /// `term (or term)*`
+    fn expression(&mut self) -> Result<Filter, String> {
+        let mut filter = self.term()?;
+        while matches!(self.tokens.peek(), Some(Token::Word(w, _)) if w == "or") {
+            self.tokens.next();
+            filter = filter.or(self.term()?);
+        }
+        Ok(filter)
+    }
+
+    /// `factor (and factor)*`
+    fn term(&mut self) -> Result<Filter, String> {
+        let mut filter = self.factor()?;
+        while matches!(self.tokens.peek(), Some(Token::Word(w, _)) if w == "and") {
+            self.tokens.next();
+            filter = filter.and(self.factor()?);
+        }
+        Ok(filter)
+    }
+
+    /// `( expression ) | column op literal`
+    fn factor(&mut self) -> Result<Filter, String> {
+        if let Some(Token::Open(_)) = self.tokens.peek() {
+            self.tokens.next();
+            let inner = self.expression()?;
+            return match self.tokens.next() {
+                Some(Token::Close(_)) => Ok(inner),
+                Some(Token::Word(w, pos)) => Err(self.unsupported(&format!("'{w}'"), pos)),
+                Some(Token::Str(_, pos) | Token::Open(pos)) => {
+                    Err(self.unsupported("a literal or '('", pos))
+                }
+                None => Err(format!("Expected ')' at the end of '{}'.", self.text)),
+            };
+        }
+        let text = self.text;
+        let column = match self.tokens.next() {
             Some(Token::Word(w, pos)) => {
                 if !w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                     || w.starts_with(|c: char| c.is_ascii_digit())
+                    || matches!(w.as_str(), "not" | "and" | "or")
                 {
-                    return Err(unsupported(&format!("'{w}'"), pos));
-                }
-                if matches!(w.as_str(), "not" | "and" | "or") {
-                    return Err(unsupported(&format!("'{w}'"), pos));
+                    return Err(self.unsupported(&format!("'{w}'"), pos));
                 }
                 w
             }
-            Some(Token::Str(_, pos)) => return Err(unsupported("a literal", pos)),
+            Some(Token::Str(_, pos)) => return Err(self.unsupported("a literal", pos)),
+            Some(Token::Open(pos) | Token::Close(pos)) => {
+                return Err(self.unsupported("a parenthesis", pos));
+            }
             None => return Err(format!("Expected a column name at the end of '{text}'.")),
         };
-        let op = match tokens.next() {
+        let op = match self.tokens.next() {
             Some(Token::Word(w, pos)) => {
-                Op::parse(&w).ok_or_else(|| unsupported(&format!("operator '{w}'"), pos))?
+                Op::parse(&w).ok_or_else(|| self.unsupported(&format!("operator '{w}'"), pos))?
             }
-            Some(Token::Str(_, pos)) => return Err(unsupported("a literal", pos)),
+            Some(Token::Str(_, pos) | Token::Open(pos) | Token::Close(pos)) => {
+                return Err(self.unsupported("a literal or parenthesis", pos));
+            }
             None => {
                 return Err(format!(
                     "Expected an operator after '{column}' in '{text}'."
                 ));
             }
         };
-        let literal = match tokens.next() {
+        let literal = match self.tokens.next() {
             Some(Token::Str(s, _)) => Literal::Str(s),
             Some(Token::Word(w, pos)) => {
-                Literal::parse(&w).ok_or_else(|| unsupported(&format!("'{w}'"), pos))?
+                Literal::parse(&w).ok_or_else(|| self.unsupported(&format!("'{w}'"), pos))?
+            }
+            Some(Token::Open(pos) | Token::Close(pos)) => {
+                return Err(self.unsupported("a parenthesis", pos));
             }
             None => return Err(format!("Expected a literal after '{column}' in '{text}'.")),
         };
@@ -3415,16 +3498,31 @@ fn parse_filter(text: &str) -> Result<Vec<Condition>, String> {
                 literal.edm()
             ));
         }
-        conditions.push(Condition {
-            column,
-            op,
-            literal,
-        });
-        match tokens.next() {
-            None => return Ok(conditions),
-            Some(Token::Word(w, _)) if w == "and" => {}
-            Some(Token::Word(w, pos)) => return Err(unsupported(&format!("'{w}'"), pos)),
-            Some(Token::Str(_, pos)) => return Err(unsupported("a literal", pos)),
+        Ok(Filter {
+            any: vec![vec![Condition {
+                column,
+                op,
+                literal,
+            }]],
+        })
+    }
+}
+
+/// Parses `col op literal` conditions joined by `and` and `or` (`and` binds tighter), with
+/// parentheses (`op`: eq ne gt ge lt le; literals: `'text'` with `''` for a quote, null,
+/// true/false, integers, decimals, GUIDs, dates, RFC 3339 date-times). Functions (`contains`,
+/// `not`, …) are errors.
+fn parse_filter(text: &str) -> Result<Filter, String> {
+    let mut parser = FilterParser {
+        text,
+        tokens: tokenize(text)?.into_iter().peekable(),
+    };
+    let filter = parser.expression()?;
+    match parser.tokens.next() {
+        None => Ok(filter),
+        Some(Token::Word(w, pos)) => Err(parser.unsupported(&format!("'{w}'"), pos)),
+        Some(Token::Str(_, pos) | Token::Open(pos) | Token::Close(pos)) => {
+            Err(parser.unsupported("a literal or parenthesis", pos))
         }
     }
 }
@@ -3812,7 +3910,7 @@ fn get_attribute(s: &State, t: usize, tail: &str, base: &str) -> Reply {
 /// `GET …/Attributes[?$filter=…&$select=…]`.
 fn list_attributes(s: &State, t: usize, req: &Recorded, base: &str) -> Reply {
     let filter = match req.query_value("$filter").map(|f| parse_filter(&f)) {
-        None => Vec::new(),
+        None => Filter::all_rows(),
         Some(Ok(f)) => f,
         Some(Err(message)) => return dv_error(400, "0x80060888", &message),
     };
@@ -3821,7 +3919,7 @@ fn list_attributes(s: &State, t: usize, req: &Recorded, base: &str) -> Reply {
         .attributes
         .values()
         .filter_map(|a| a.meta.as_object())
-        .filter(|m| filter.iter().all(|c| c.matches(m)))
+        .filter(|m| filter.matches(m))
         .map(|m| match &select {
             None => Value::Object(m.clone()),
             Some(cols) => Value::Object(
@@ -4184,8 +4282,8 @@ mod tests {
         let f = parse_filter("name eq 'O''Brien & Sons' and address1_postalcode eq '98052'")
             .expect("parse");
         assert_eq!(
-            f,
-            [
+            f.any,
+            [vec![
                 Condition {
                     column: "name".into(),
                     op: Op::Eq,
@@ -4196,49 +4294,57 @@ mod tests {
                     op: Op::Eq,
                     literal: Literal::Str("98052".into())
                 },
-            ]
+            ]]
         );
         let r = row(json!({"name": "o'brien & SONS", "address1_postalcode": "98052"}));
-        assert!(f.iter().all(|c| c.matches(&r)), "case-insensitive");
+        assert!(f.matches(&r), "case-insensitive");
         let other = row(json!({"name": "O'Brien & Sons", "address1_postalcode": "98053"}));
-        assert!(!f.iter().all(|c| c.matches(&other)));
+        assert!(!f.matches(&other));
 
         let f = parse_filter("isocurrencycode eq 'USD' and statecode eq 0").expect("parse");
-        assert_eq!(f[1].literal, Literal::Int(0));
-        assert!(
-            f.iter()
-                .all(|c| c.matches(&row(json!({"isocurrencycode": "usd", "statecode": 0}))))
-        );
-        assert!(
-            !f.iter()
-                .all(|c| c.matches(&row(json!({"isocurrencycode": "USD", "statecode": 1}))))
-        );
+        assert_eq!(f.any[0][1].literal, Literal::Int(0));
+        assert!(f.matches(&row(json!({"isocurrencycode": "usd", "statecode": 0}))));
+        assert!(!f.matches(&row(json!({"isocurrencycode": "USD", "statecode": 1}))));
 
         let f = parse_filter("address1_postalcode eq null").expect("parse");
-        assert!(f[0].matches(&row(json!({}))));
-        assert!(f[0].matches(&row(json!({"address1_postalcode": null}))));
-        assert!(!f[0].matches(&row(json!({"address1_postalcode": "1"}))));
+        assert!(f.matches(&row(json!({}))));
+        assert!(f.matches(&row(json!({"address1_postalcode": null}))));
+        assert!(!f.matches(&row(json!({"address1_postalcode": "1"}))));
         let ne = parse_filter("name ne 'x'").expect("parse");
-        assert!(!ne[0].matches(&row(json!({}))), "ne skips nulls");
-        assert!(ne[0].matches(&row(json!({"name": "y"}))));
+        assert!(!ne.matches(&row(json!({}))), "ne skips nulls");
+        assert!(ne.matches(&row(json!({"name": "y"}))));
 
         let f = parse_filter("modifiedon ge 2026-12-01T10:00:00Z").expect("parse");
-        assert!(f[0].matches(&row(json!({"modifiedon": "2026-12-01T10:00:00Z"}))));
-        assert!(!f[0].matches(&row(json!({"modifiedon": "2026-12-01T09:59:59Z"}))));
+        assert!(f.matches(&row(json!({"modifiedon": "2026-12-01T10:00:00Z"}))));
+        assert!(!f.matches(&row(json!({"modifiedon": "2026-12-01T09:59:59Z"}))));
         let f = parse_filter("_customerid_value eq 6F0E1A2B-0000-4000-8000-000000000001")
             .expect("parse");
-        assert!(f[0].matches(&row(
+        assert!(f.matches(&row(
             json!({"_customerid_value": "6f0e1a2b-0000-4000-8000-000000000001"})
         )));
 
+        // `and` binds tighter than `or`; parentheses group.
+        let f = parse_filter("a eq 1 and (b ne null or c eq true)").expect("parse");
+        assert_eq!(f.any.len(), 2);
+        assert!(f.matches(&row(json!({"a": 1, "b": "x"}))));
+        assert!(f.matches(&row(json!({"a": 1, "c": true}))));
+        assert!(!f.matches(&row(json!({"a": 1, "c": false}))));
+        assert!(!f.matches(&row(json!({"a": 2, "b": "x", "c": true}))));
+        let f = parse_filter("a eq 1 and b eq 2 or c eq 3").expect("parse");
+        assert!(f.matches(&row(json!({"c": 3}))));
+        assert!(!f.matches(&row(json!({"a": 1}))));
+        assert!(parse_filter("(name eq 'a')").expect("parse").matches(&row(json!({"name": "A"}))));
+
         for bad in [
             "name eq 'unterminated",
-            "name eq 'a' or name eq 'b'",
             "contains(name,'a')",
-            "(name eq 'a')",
+            "(name eq 'a'",
+            "name eq 'a')",
             "name eq",
             "name like 'a'",
             "name eq 'a' and",
+            "name eq 'a' or",
+            "not name eq 'a'",
             "name gt null",
             "name eq bogus",
             "'a' eq name",
@@ -4252,7 +4358,6 @@ mod tests {
         );
     }
 
-    #[test]
     fn literal_types_are_checked_against_columns() {
         assert!(Literal::Str("x".into()).fits(&Kind::Text(Some(5))));
         assert!(!Literal::Str("x".into()).fits(&Kind::Integer));

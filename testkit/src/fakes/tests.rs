@@ -1093,8 +1093,12 @@ async fn dataverse_account_filter_with_quotes_and_ampersand() {
     let body = json_of(dv_get(&c, &query(null, ""), &[]).await).await;
     assert_eq!(ids(body), [no_postal]);
 
+    let either = "name eq 'O''Brien' or address1_postalcode eq '10001'";
+    let body = json_of(dv_get(&c, &query(either, ""), &[]).await).await;
+    assert_eq!(ids(body).len(), 2, "or: the 10001 account and O'Brien");
+
     for bad in [
-        "name eq 'O''Brien %26 Sons' or address1_postalcode eq '98052'",
+        "(name eq 'O''Brien %26 Sons' or address1_postalcode eq '98052'",
         "contains(name,'Brien')",
         "name eq 'O'Brien'",
         "name eq 3",
