@@ -243,6 +243,7 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind) -> bool {
         seed: seed ^ salt,
         retry_after_secs: 1,
         timeout_delay: Duration::from_millis(1500),
+        lost_answers: false,
     };
     fakes.partner_center.set_random_faults(Some(faults(1)));
     fakes.dataverse.set_random_faults(Some(faults(2)));

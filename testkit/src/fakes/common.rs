@@ -134,6 +134,9 @@ pub struct Fault {
     pub times: usize,
     /// Close the connection without any response.
     pub reset: bool,
+    /// Handle the request first (its write is kept), then answer with the fault: the answer
+    /// to a write that happened is lost.
+    pub after_write: bool,
 }
 
 impl Fault {
@@ -148,6 +151,7 @@ impl Fault {
             delay: None,
             times: 1,
             reset: false,
+            after_write: false,
         }
     }
 
@@ -197,6 +201,13 @@ impl Fault {
         self
     }
 
+    /// Handle the request normally (keeping what it wrote), then answer with this fault
+    /// instead of the real answer: a lost answer to a write that happened.
+    pub fn after_write(mut self) -> Self {
+        self.after_write = true;
+        self
+    }
+
     /// Use `body` as the response body.
     pub fn body(mut self, body: impl Into<String>) -> Self {
         self.body = Some(body.into());
@@ -224,6 +235,9 @@ pub struct RandomFaults {
     pub retry_after_secs: u64,
     /// Delay used for the "timeout" fault.
     pub timeout_delay: Duration,
+    /// Also lose the answer to writes (POST, PATCH, PUT, DELETE) that happened: a fifth
+    /// fault, a connection reset after the request was handled.
+    pub lost_answers: bool,
 }
 
 impl RandomFaults {
@@ -234,6 +248,7 @@ impl RandomFaults {
             seed,
             retry_after_secs: 1,
             timeout_delay: Duration::from_secs(10),
+            lost_answers: false,
         }
     }
 }
@@ -355,7 +370,7 @@ impl Drop for InFlight<'_> {
 }
 
 impl Shared {
-    fn plan(&self, req: &Recorded) -> (Option<Duration>, Outcome) {
+    fn plan(&self, req: &Recorded) -> (Option<Duration>, Outcome, bool) {
         {
             let mut faults = lock(&self.faults);
             if let Some(i) = faults.iter().position(|f| f.times > 0 && f.matches(req)) {
@@ -379,7 +394,7 @@ impl Shared {
                         body: fault.body,
                     }
                 };
-                return (fault.delay, outcome);
+                return (fault.delay, outcome, fault.after_write);
             }
         }
         let mut random = lock(&self.random);
@@ -387,7 +402,8 @@ impl Shared {
             && rng.next_f64() < cfg.rate
         {
             self.injected.fetch_add(1, Ordering::SeqCst);
-            return match rng.next_u64() % 4 {
+            let kinds = if cfg.lost_answers && req.method != "GET" { 5 } else { 4 };
+            let (delay, outcome) = match rng.next_u64() % kinds {
                 0 => (
                     None,
                     Outcome::Status {
@@ -405,10 +421,12 @@ impl Shared {
                     },
                 ),
                 2 => (Some(cfg.timeout_delay), Outcome::Normal),
-                _ => (None, Outcome::Reset),
+                3 => (None, Outcome::Reset),
+                _ => return (None, Outcome::Reset, true),
             };
+            return (delay, outcome, false);
         }
-        (None, Outcome::Normal)
+        (None, Outcome::Normal, false)
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<String>, io::Error> {
@@ -438,9 +456,12 @@ impl Shared {
             body: bytes,
         };
         lock(&self.requests).push(rec.clone());
-        let (delay, outcome) = self.plan(&rec);
+        let (delay, outcome, after_write) = self.plan(&rec);
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
+        }
+        if after_write {
+            (self.handler)(&rec, &self.base_url);
         }
         let reply = match outcome {
             Outcome::Reset => {

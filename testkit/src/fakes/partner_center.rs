@@ -1,6 +1,7 @@
-//! Fake Partner Center: the referrals API (`/v1.0/engagements/referrals`: get, JSON-Patch update
-//! with `If-Match`, OData list with paging) and the webhook registration API
-//! (`/webhooks/v1/registration` plus validation events) on one server.
+//! Fake Partner Center: the referrals API (`/v1.0/engagements/referrals`: create, get,
+//! JSON-Patch update with `If-Match`, OData list with `$filter` on the update and creation
+//! times and on `direction`/`status`/`type`, `$orderby` on both times, paging) and the webhook
+//! registration API (`/webhooks/v1/registration` plus validation events) on one server.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -33,6 +34,7 @@ struct State {
     registration: Option<Value>,
     validation_events: HashMap<String, Value>,
     accepted_paths: Option<Vec<String>>,
+    creates: Vec<Value>,
 }
 
 impl State {
@@ -93,6 +95,11 @@ impl FakePartnerCenter {
         )
         .await;
         Self { server, state }
+    }
+
+    /// The bodies of the referral creations (POSTs) that were handled, in order.
+    pub fn created(&self) -> Vec<Value> {
+        lock(&self.state).creates.clone()
     }
 
     /// Stores (or replaces) a referral. It must be an object with a string `"id"`; the fake sets
@@ -230,6 +237,7 @@ fn handle(state: &Mutex<State>, req: &Recorded, base: &str) -> Reply {
     if path == REFERRALS {
         return match method {
             "GET" => list(&s, req, base),
+            "POST" => create_referral(&mut s, req),
             _ => pc_error(405, "MethodNotAllowed", "Method not allowed."),
         };
     }
@@ -445,36 +453,182 @@ fn set_pointer(doc: &mut Value, pointer: &str, value: Value) -> Result<(), Strin
     Ok(())
 }
 
-/// Parses `updatedDateTime ge X [and updatedDateTime le Y]` (also `gt`/`lt`, optional outer
-/// parentheses) into a predicate over nanoseconds since the epoch.
-fn parse_filter(filter: &str) -> Option<Vec<(String, i128)>> {
+/// `POST /v1.0/engagements/referrals`: the documented required parts (`type`,
+/// `customerProfile` with a name, `consent`, `details`) and a two-letter country are checked;
+/// the referral is stored as an outgoing, accepted one with a new id, engagement id, eTag and
+/// times, and returned with 201.
+fn create_referral(s: &mut State, req: &Recorded) -> Reply {
+    let body = req.json();
+    let Value::Object(mut doc) = body.clone() else {
+        return pc_error(400, "BadRequest", "The request body must be a referral object.");
+    };
+    for required in ["type", "customerProfile", "consent", "details"] {
+        if doc.get(required).is_none_or(Value::is_null) {
+            return pc_error(
+                400,
+                "BadRequest",
+                &format!("The field '{required}' is required."),
+            );
+        }
+    }
+    if body
+        .pointer("/customerProfile/name")
+        .and_then(Value::as_str)
+        .is_none_or(|n| n.trim().is_empty())
+    {
+        return pc_error(400, "BadRequest", "customerProfile.name is required.");
+    }
+    let country = body
+        .pointer("/customerProfile/address/country")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if country.len() != 2 || !country.chars().all(|c| c.is_ascii_uppercase()) {
+        return pc_error(
+            400,
+            "BadRequest",
+            "customerProfile.address.country must be a two-letter ISO 3166 code.",
+        );
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let now = now_rfc3339();
+    for read_only in ["id", "eTag", "engagementId", "createdDateTime", "updatedDateTime"] {
+        doc.remove(read_only);
+    }
+    doc.insert("id".into(), Value::from(id.clone()));
+    doc.insert(
+        "engagementId".into(),
+        Value::from(uuid::Uuid::new_v4().to_string()),
+    );
+    doc.insert("direction".into(), Value::from("Outgoing"));
+    doc.entry("status").or_insert_with(|| Value::from("Active"));
+    doc.entry("substatus")
+        .or_insert_with(|| Value::from("Accepted"));
+    doc.insert("createdDateTime".into(), Value::from(now.clone()));
+    doc.insert("acceptedDateTime".into(), Value::from(now.clone()));
+    doc.insert("updatedDateTime".into(), Value::from(now));
+    s.creates.push(body);
+    let etag = s.next_etag();
+    doc.insert("eTag".into(), Value::from(etag));
+    s.seq += 1;
+    let seq = s.seq;
+    let doc = Value::Object(doc);
+    s.referrals.insert(
+        id,
+        Stored {
+            seq,
+            doc: doc.clone(),
+        },
+    );
+    referral_reply(201, &doc)
+}
+
+/// One `$filter` clause the fake understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Clause {
+    /// `updatedDateTime|createdDateTime ge|gt|le|lt <RFC 3339>`.
+    Time {
+        field: &'static str,
+        op: String,
+        at: i128,
+    },
+    /// `direction|status|substatus|type|qualification|externalReferenceId eq '<text>'`.
+    Text { field: String, value: String },
+}
+
+impl Clause {
+    fn holds(&self, doc: &Value) -> bool {
+        match self {
+            Self::Time { field, op, at } => {
+                let t = time_nanos(doc, field);
+                match op.as_str() {
+                    "ge" => t >= *at,
+                    "gt" => t > *at,
+                    "le" => t <= *at,
+                    _ => t < *at,
+                }
+            }
+            Self::Text { field, value } => doc
+                .get(field.as_str())
+                .and_then(Value::as_str)
+                .is_some_and(|v| v.eq_ignore_ascii_case(value)),
+        }
+    }
+}
+
+/// Parses clauses joined by `and`, with optional outer parentheses.
+fn parse_filter(filter: &str) -> Option<Vec<Clause>> {
     let f = filter.trim();
     let f = f
         .strip_prefix('(')
         .and_then(|f| f.strip_suffix(')'))
         .unwrap_or(f);
-    let tokens: Vec<&str> = f.split_whitespace().collect();
-    let clause = |t: &[&str]| -> Option<(String, i128)> {
-        match t {
+    let mut clauses = Vec::new();
+    for part in split_and(f) {
+        let tokens: Vec<&str> = part.splitn(3, ' ').map(str::trim).collect();
+        let clause = match tokens.as_slice() {
             [field, op, value]
-                if *field == "updatedDateTime" && matches!(*op, "ge" | "gt" | "le" | "lt") =>
+                if matches!(*field, "updatedDateTime" | "createdDateTime")
+                    && matches!(*op, "ge" | "gt" | "le" | "lt") =>
             {
-                Some(((*op).to_owned(), parse_rfc3339(value)?))
+                Clause::Time {
+                    field: if *field == "updatedDateTime" {
+                        "updatedDateTime"
+                    } else {
+                        "createdDateTime"
+                    },
+                    op: (*op).to_owned(),
+                    at: parse_rfc3339(value)?,
+                }
             }
-            _ => None,
-        }
-    };
-    match tokens.as_slice() {
-        [a, b, c] => Some(vec![clause(&[a, b, c])?]),
-        [a, b, c, and, d, e, f] if and.eq_ignore_ascii_case("and") => {
-            Some(vec![clause(&[a, b, c])?, clause(&[d, e, f])?])
-        }
-        _ => None,
+            [field, "eq", value]
+                if matches!(
+                    *field,
+                    "direction"
+                        | "status"
+                        | "substatus"
+                        | "type"
+                        | "qualification"
+                        | "externalReferenceId"
+                ) =>
+            {
+                let inner = value.strip_prefix('\'')?.strip_suffix('\'')?;
+                if inner.replace("''", "").contains('\'') {
+                    return None;
+                }
+                Clause::Text {
+                    field: (*field).to_owned(),
+                    value: inner.replace("''", "'"),
+                }
+            }
+            _ => return None,
+        };
+        clauses.push(clause);
     }
+    (!clauses.is_empty()).then_some(clauses)
 }
 
-fn updated_nanos(doc: &Value) -> i128 {
-    doc.get("updatedDateTime")
+/// Splits on ` and ` outside quotes.
+fn split_and(text: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut quoted = false;
+    let words: Vec<&str> = text.split(' ').filter(|w| !w.is_empty()).collect();
+    for word in words {
+        if !quoted && word.eq_ignore_ascii_case("and") {
+            parts.push(String::new());
+            continue;
+        }
+        let last = parts.last_mut().expect("at least one part");
+        if !last.is_empty() {
+            last.push(' ');
+        }
+        last.push_str(word);
+        quoted ^= word.matches('\'').count() % 2 == 1;
+    }
+    parts
+}
+
+fn time_nanos(doc: &Value, field: &str) -> i128 {
+    doc.get(field)
         .and_then(Value::as_str)
         .and_then(parse_rfc3339)
         .unwrap_or(i128::MIN)
@@ -497,9 +651,23 @@ fn list(s: &State, req: &Recorded, base: &str) -> Reply {
     };
     let order = match get("$orderby").map(str::trim) {
         None => None,
-        Some("updatedDateTime" | "updatedDateTime asc") => Some(false),
-        Some("updatedDateTime desc") => Some(true),
-        Some(o) => return pc_error(400, "BadRequest", &format!("Unsupported $orderby '{o}'.")),
+        Some(o) => {
+            let words: Vec<&str> = o.split_whitespace().collect();
+            let field = match words.first() {
+                Some(&"updatedDateTime") => "updatedDateTime",
+                Some(&"createdDateTime") => "createdDateTime",
+                _ => {
+                    return pc_error(400, "BadRequest", &format!("Unsupported $orderby '{o}'."));
+                }
+            };
+            match words.get(1..) {
+                Some([] | ["asc"]) => Some((field, false)),
+                Some(["desc"]) => Some((field, true)),
+                _ => {
+                    return pc_error(400, "BadRequest", &format!("Unsupported $orderby '{o}'."));
+                }
+            }
+        }
     };
     let top = match get("$top").map(str::parse::<usize>) {
         None => MAX_PAGE,
@@ -514,20 +682,12 @@ fn list(s: &State, req: &Recorded, base: &str) -> Reply {
     let mut items: Vec<&Stored> = s
         .referrals
         .values()
-        .filter(|r| {
-            let t = updated_nanos(&r.doc);
-            clauses.iter().all(|(op, v)| match op.as_str() {
-                "ge" => t >= *v,
-                "gt" => t > *v,
-                "le" => t <= *v,
-                _ => t < *v,
-            })
-        })
+        .filter(|r| clauses.iter().all(|c| c.holds(&r.doc)))
         .collect();
     match order {
         None => items.sort_by_key(|r| r.seq),
-        Some(desc) => {
-            items.sort_by_key(|r| (updated_nanos(&r.doc), r.seq));
+        Some((field, desc)) => {
+            items.sort_by_key(|r| (time_nanos(&r.doc, field), r.seq));
             if desc {
                 items.reverse();
             }
@@ -695,7 +855,22 @@ mod tests {
         )
         .expect("range");
         assert_eq!(two.len(), 2);
-        assert!(parse_filter("status eq 'New'").is_none());
+        let outgoing = parse_filter("(direction eq 'Outgoing' and status eq 'Active')")
+            .expect("text clauses");
+        let doc = json!({"direction": "outgoing", "status": "Active"});
+        assert!(outgoing.iter().all(|c| c.holds(&doc)));
+        assert!(!outgoing[0].holds(&json!({"direction": "Incoming"})));
+        let quoted = parse_filter("externalReferenceId eq 'a and b'").expect("quoted and");
+        assert_eq!(quoted.len(), 1);
+        for bad in [
+            "status eq New",
+            "name eq 'x'",
+            "direction ne 'Outgoing'",
+            "updatedDateTime ge yesterday",
+            "direction eq 'Outgoing' or status eq 'New'",
+        ] {
+            assert!(parse_filter(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -414,12 +414,60 @@ async fn partner_center_list_pages_with_next_link() {
     assert!(link.starts_with("https://evil.example/v1.0/engagements/referrals?$top=10"));
 
     let resp = c
-        .get(pc.url("/v1.0/engagements/referrals?$filter=status eq 'New'"))
+        .get(pc.url("/v1.0/engagements/referrals?$filter=name eq 'New'"))
         .bearer_auth("t")
         .send()
         .await
         .expect("send");
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn partner_center_creates_outgoing_referrals_and_lists_them_newest_first() {
+    let pc = FakePartnerCenter::start().await;
+    pc.insert_referral(json!({"id": "in-1", "direction": "Incoming", "createdDateTime": "2026-01-01T00:00:00Z"}));
+    let c = client();
+    let url = pc.url("/v1.0/engagements/referrals");
+    let body = |name: &str, country: &str| {
+        json!({
+            "name": name, "type": "Independent",
+            "customerProfile": {"name": name, "address": {"country": country}},
+            "consent": {"consentToShareReferralWithMicrosoftSellers": true},
+            "details": {"dealValue": 10}, "externalReferenceId": name,
+        })
+    };
+    let post = |b: Value| c.post(&url).bearer_auth("t").json(&b).send();
+    let bad = post(body("x", "United States")).await.expect("send");
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let mut missing = body("y", "US");
+    missing.as_object_mut().expect("object").remove("consent");
+    assert_eq!(post(missing).await.expect("send").status(), StatusCode::BAD_REQUEST);
+    let first = json_of(post(body("first", "US")).await.expect("send")).await;
+    assert_eq!(first["direction"], "Outgoing");
+    assert_eq!(first["status"], "Active");
+    assert!(first["eTag"].is_string() && first["createdDateTime"].is_string());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The answer is lost, but the referral exists.
+    pc.inject(Fault::connection_reset().on("POST", "/referrals").after_write());
+    assert!(post(body("second", "US")).await.is_err());
+    assert_eq!(pc.created().len(), 2);
+    let listed = json_of(
+        c.get(format!(
+            "{url}?$filter=direction eq 'Outgoing'&$orderby=createdDateTime desc"
+        ))
+        .bearer_auth("t")
+        .send()
+        .await
+        .expect("send"),
+    )
+    .await;
+    let names: Vec<&str> = listed["value"]
+        .as_array()
+        .expect("value")
+        .iter()
+        .map(|r| r["externalReferenceId"].as_str().expect("ref"))
+        .collect();
+    assert_eq!(names, ["second", "first"]);
 }
 
 #[tokio::test]
@@ -572,6 +620,7 @@ async fn random_faults_are_deterministic() {
             seed,
             retry_after_secs: 3,
             timeout_delay: Duration::from_millis(20),
+            lost_answers: false,
         }));
         let c = client();
         let mut out = Vec::new();
