@@ -4358,6 +4358,7 @@ mod tests {
         );
     }
 
+    #[test]
     fn literal_types_are_checked_against_columns() {
         assert!(Literal::Str("x".into()).fits(&Kind::Text(Some(5))));
         assert!(!Literal::Str("x".into()).fits(&Kind::Integer));
