@@ -426,6 +426,12 @@ impl Settings {
                     1..=32,
                 )?,
                 max_runs: 0,
+                claim_lease: Duration::from_secs(parse_number(
+                    "CRM_SHARE_CLAIM_SECONDS",
+                    get("CRM_SHARE_CLAIM_SECONDS")?,
+                    300,
+                    0..=86_400,
+                )?),
             },
         };
         sync.poll.max_runs = sync.max_dequeue_count;
@@ -438,6 +444,19 @@ impl Settings {
             )?),
             ..HttpSettings::default()
         };
+        // A claim must outlast the create call it guards, retries of a 429 included, or a
+        // second attempt could create a second referral while the first call is still open.
+        let longest_create = http.timeout * 2 + sync.retry_budget;
+        if sync.poll.claim_lease <= longest_create {
+            return Err(ConfigError::Invalid {
+                name: "CRM_SHARE_CLAIM_SECONDS",
+                reason: format!(
+                    "{} s is not longer than one referral create can take ({} s: twice OUTBOUND_TIMEOUT_SECONDS plus SYNC_RETRY_BUDGET_SECONDS); use the default 300",
+                    sync.poll.claim_lease.as_secs(),
+                    longest_create.as_secs()
+                ),
+            });
+        }
         Ok(Self {
             port,
             webhook,

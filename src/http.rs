@@ -276,7 +276,38 @@ impl AuthorizedClient {
         scope: &str,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response, CallError> {
-        self.retry
+        self.send_with(&self.retry, what, method, url, scope, build)
+            .await
+    }
+
+    /// Sends a call that must not be repeated once the service may have acted on it (a
+    /// create): only a 429, which the service refused before doing anything, is retried.
+    pub async fn send_once(
+        &self,
+        what: &str,
+        method: Method,
+        url: Url,
+        scope: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, CallError> {
+        let policy = RetryPolicy {
+            throttling_only: true,
+            ..self.retry.clone()
+        };
+        self.send_with(&policy, what, method, url, scope, build)
+            .await
+    }
+
+    async fn send_with(
+        &self,
+        policy: &RetryPolicy,
+        what: &str,
+        method: Method,
+        url: Url,
+        scope: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, CallError> {
+        policy
             .send(what, || {
                 let request = build(self.http.request(method.clone(), url.clone()));
                 async move {
@@ -305,6 +336,8 @@ pub struct RetryPolicy {
     pub min_delay: Duration,
     /// Most attempts after the first.
     pub max_retries: usize,
+    /// Retry only 429 (for calls that must not be repeated once they may have been applied).
+    pub throttling_only: bool,
 }
 
 impl RetryPolicy {
@@ -314,6 +347,7 @@ impl RetryPolicy {
             budget,
             min_delay,
             max_retries: 6,
+            throttling_only: false,
         }
     }
 
@@ -344,7 +378,13 @@ impl RetryPolicy {
         };
         attempt
             .retry(backoff)
-            .when(CallError::is_transient)
+            .when(|error| {
+                if self.throttling_only {
+                    error.status() == Some(StatusCode::TOO_MANY_REQUESTS)
+                } else {
+                    error.is_transient()
+                }
+            })
             .adjust(move |error, backoff| {
                 let wait = error.retry_after().unwrap_or(backoff?);
                 (Instant::now() + wait <= deadline).then_some(wait)

@@ -202,6 +202,72 @@ impl PartnerCenterClient {
         }
     }
 
+    /// `POST /v1.0/engagements/referrals`: creates a referral and returns it. Sent once: only
+    /// a 429 is retried, so an error other than a refusal (4xx) means the referral may exist.
+    #[tracing::instrument(skip_all)]
+    pub async fn create_referral(&self, body: &Value) -> Result<Referral, PartnerCenterError> {
+        let url = join_url(&self.api, "/v1.0/engagements/referrals")?;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let response = self
+            .client
+            .send_once(
+                "create referral",
+                Method::POST,
+                url,
+                PARTNER_CENTER_SCOPE,
+                |r| {
+                    r.json(body)
+                        .header("MS-RequestId", &request_id)
+                        .header("MS-CorrelationId", uuid::Uuid::new_v4().to_string())
+                },
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(CallError::from_response(response).await.into());
+        }
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body: Value = crate::http::decode(response).await?;
+        Ok(Referral::from_json(body, etag.as_deref())?)
+    }
+
+    /// Outgoing referrals created at or after `since` (RFC 3339), newest first, reading pages
+    /// until one reaches back past `since`. Uses only the documented `direction` filter and
+    /// `createdDateTime` order.
+    pub async fn outgoing_created_since(
+        &self,
+        since: time::OffsetDateTime,
+    ) -> Result<Vec<Referral>, PartnerCenterError> {
+        let mut url = join_url(&self.api, "/v1.0/engagements/referrals")?;
+        url.query_pairs_mut()
+            .append_pair("$filter", "direction eq 'Outgoing'")
+            .append_pair("$orderby", "createdDateTime desc")
+            .append_pair("$top", "100");
+        let mut next = Some(PageUrl(url));
+        let mut found = Vec::new();
+        while let Some(url) = next.take() {
+            let page = self.list_page(&url).await?;
+            let mut older = false;
+            for referral in page.referrals {
+                let created = referral.text("createdDateTime").and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                });
+                match created {
+                    Some(created) if created < since => older = true,
+                    _ => found.push(referral),
+                }
+            }
+            if !older {
+                next = page.next;
+            }
+        }
+        Ok(found)
+    }
+
     /// The first page of referrals updated in a window, oldest first.
     pub fn first_page_url(&self, query: &ListQuery) -> Result<PageUrl, PartnerCenterError> {
         let mut filter = format!("updatedDateTime ge {}", query.since);

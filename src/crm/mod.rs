@@ -160,6 +160,50 @@ pub struct Prepared {
     pub notes: Vec<String>,
 }
 
+/// The customer of an opportunity a seller shares with Partner Center, as the CRM holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShareParty {
+    /// The opportunity's account.
+    pub account: Option<Account>,
+    /// The opportunity's contact (Dataverse `parentcontactid`, Salesforce the primary contact
+    /// role).
+    pub contact: Option<Contact>,
+    /// The opportunity's currency, ISO 4217.
+    pub currency: Option<String>,
+}
+
+/// An account's name and address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Account {
+    /// Name.
+    pub name: Option<String>,
+    /// Street, first line.
+    pub line1: Option<String>,
+    /// Street, second line.
+    pub line2: Option<String>,
+    /// City.
+    pub city: Option<String>,
+    /// State or province.
+    pub state: Option<String>,
+    /// Postal code.
+    pub postal_code: Option<String>,
+    /// Country as the CRM holds it (a name or a code).
+    pub country: Option<String>,
+}
+
+/// A person at the customer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contact {
+    /// First name.
+    pub first_name: Option<String>,
+    /// Last name.
+    pub last_name: Option<String>,
+    /// Email.
+    pub email: Option<String>,
+    /// Phone.
+    pub phone: Option<String>,
+}
+
 /// Errors of any CRM adapter, in the terms the core decides on.
 #[derive(Debug, thiserror::Error)]
 pub enum CrmError {
@@ -245,6 +289,15 @@ pub trait Crm: Send + Sync + fmt::Debug {
         returned: &[&str],
     ) -> Result<CrmRecord, CrmError>;
 
+    /// Writes `columns` to this record (found by its id), only while it still has the version
+    /// read; [`CrmError::Conflict`] otherwise.
+    async fn update_record(
+        &self,
+        record: &CrmRecord,
+        columns: &Map<String, Value>,
+        returned: &[&str],
+    ) -> Result<CrmRecord, CrmError>;
+
     /// Adds the lookups a new record of `kind` needs (customer account, currency) to `columns`.
     async fn prepare_create(
         &self,
@@ -257,12 +310,17 @@ pub trait Crm: Send + Sync + fmt::Debug {
     /// Closes an open opportunity as won or lost.
     async fn close(&self, record: &CrmRecord, outcome: &Outcome) -> Result<(), CrmError>;
 
-    /// The records of `kind` that carry a referral key and changed at or after `since`
-    /// (RFC 3339 UTC), oldest change first, every page read, with these mapped columns.
+    /// The records of `kind` that changed at or after `since` (RFC 3339 UTC) and carry a
+    /// referral key or, when `flag` names a yes/no column, have it set to yes; oldest change
+    /// first, every page read, with these mapped columns.
     async fn changed_since(
         &self,
         kind: RecordKind,
         since: &str,
+        flag: Option<&str>,
         columns: &[&str],
     ) -> Result<Vec<CrmRecord>, CrmError>;
+
+    /// The account, contact and currency of an opportunity, for a new referral.
+    async fn share_party(&self, record: &CrmRecord) -> Result<ShareParty, CrmError>;
 }

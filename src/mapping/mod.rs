@@ -8,6 +8,7 @@ use crate::crm::RecordKind;
 pub mod file;
 pub mod plan;
 pub mod rules;
+pub mod share;
 
 pub use file::MappingError;
 pub use plan::{

@@ -19,6 +19,7 @@ use crate::{
 };
 
 pub mod reconcile;
+pub mod share;
 pub mod to_crm;
 pub mod to_partner_center;
 
@@ -121,7 +122,7 @@ pub enum WriteBackOutcome {
 }
 
 /// The result of one sync.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SyncReport {
     /// Which referral.
     pub referral_id: ReferralId,
@@ -135,6 +136,8 @@ pub struct SyncReport {
     pub closed: Option<Outcome>,
     /// Referral side.
     pub write_back: WriteBackOutcome,
+    /// The JSON Patch sent (or, previewed, that would be sent); empty when none.
+    pub sent: Vec<crate::mapping::PatchOp>,
 }
 
 impl SyncReport {
@@ -175,6 +178,18 @@ impl SyncReport {
             "referral {}: {record} ({}){closed}, {referral}",
             self.referral_id, self.record_id
         )
+    }
+}
+
+impl SyncReport {
+    /// [`SyncReport::describe`] followed by the JSON Patch, when there is one.
+    pub fn describe_with_patch(&self) -> String {
+        let line = self.describe();
+        if self.sent.is_empty() {
+            return line;
+        }
+        let patch = serde_json::to_string(&self.sent).unwrap_or_default();
+        format!("{line}: {patch}")
     }
 }
 

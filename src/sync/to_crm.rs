@@ -44,7 +44,7 @@ impl Syncer {
         self.run(id, false, &mut None).await
     }
 
-    fn policy(&self) -> crate::mapping::WriteBackPolicy {
+    pub(super) fn policy(&self) -> crate::mapping::WriteBackPolicy {
         let mut policy = self.policy.clone();
         policy.optional_paths = !self.optional_refused.load(Ordering::Relaxed);
         policy
@@ -145,7 +145,12 @@ impl Syncer {
                     },
                 };
             }
-            let write_back = match table.plan_writeback(&referral, &record, &policy)? {
+            let plan = table.plan_writeback(&referral, &record, &policy)?;
+            let sent = match &plan {
+                WriteBack::Patch(ops) => ops.clone(),
+                WriteBack::Unchanged | WriteBack::Closed => Vec::new(),
+            };
+            let write_back = match plan {
                 WriteBack::Patch(_) if !write => WriteBackOutcome::Patched,
                 WriteBack::Patch(ops) => match self.patch(id, &referral, table, &record, ops).await
                 {
@@ -189,6 +194,7 @@ impl Syncer {
                 record: written.unwrap_or(outcome),
                 closed,
                 write_back,
+                sent,
             });
         }
         Err(SyncError::Conflicts)

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use super::{Disposition, Syncer};
+use super::{Disposition, SyncError, Syncer, share::ShareOutcome};
 use crate::{
     crm::{CrmError, CrmRecord, RecordKind},
     domain::ReferralId,
+    mapping::share::wants_share,
 };
 
 /// What a poll remembers between runs (the watermark blob).
@@ -59,6 +60,9 @@ pub struct PollSettings {
     pub concurrency: usize,
     /// Runs a record may fail before it is reported (the host's `maxDequeueCount`).
     pub max_runs: u32,
+    /// How long a claim to create a referral holds before another attempt may create it
+    /// (`CRM_SHARE_CLAIM_SECONDS`); longer than one create call can take.
+    pub claim_lease: std::time::Duration,
 }
 
 /// The result of one run.
@@ -184,87 +188,84 @@ impl Syncer {
         settings: &PollSettings,
         now: OffsetDateTime,
     ) -> Result<PollOutcome, CrmError> {
-        let from = read_from(&state, settings, now);
-        let mut records = Vec::new();
-        for kind in self.polled_kinds() {
-            records.extend(self.crm().changed_since(*kind, &from, &[]).await?);
-        }
-        let mut state = state;
-        let read = records.len();
-        let mut seen = HashSet::new();
-        let mut work = Vec::new();
-        let mut skipped_count = 0;
-        for record in records {
-            let Some(key) = record
-                .key
-                .as_deref()
-                .and_then(|k| ReferralId::parse(k).ok())
-            else {
-                continue;
-            };
-            if skipped(
-                &state.failures,
-                &slot(&record),
-                record.modified_on.as_deref(),
-            ) {
-                skipped_count += 1;
-                continue;
-            }
-            // An adopted opportunity and its lead carry the same key: one sync for both.
-            if seen.insert(key.clone()) {
-                work.push((key, record));
-            }
-        }
+        let (records, skipped_count, work) = self.poll_work(&state, settings, now).await?;
         let results: Vec<_> = stream::iter(work)
-            .map(|(key, record)| async move {
-                let result = self.sync(&key).await;
-                (key, record, result)
+            .map(|item| async move {
+                let result = match &item {
+                    Work::Linked(key, _) => self
+                        .sync(key)
+                        .await
+                        .map(|r| r.summary() != "unchanged")
+                        .map_err(Some),
+                    Work::Share(record) => {
+                        match self.share(record.clone(), settings.claim_lease, true).await {
+                            Ok(ShareOutcome::Waiting) => Err(None),
+                            Ok(outcome) => {
+                                tracing::info!(opportunity = %record.id, outcome = %outcome.describe(record), "CrmChanges: shared opportunity");
+                                Ok(outcome.changed())
+                            }
+                            Err(e) => Err(Some(e)),
+                        }
+                    }
+                };
+                (item, result)
             })
             .buffer_unordered(settings.concurrency.max(1))
             .collect()
             .await;
+        let mut state = state;
         let mut outcome = PollOutcome {
             state: PollState::default(),
             poison: Vec::new(),
-            read,
+            read: records,
             synced: 0,
             changed: 0,
             failed: 0,
             skipped: skipped_count,
         };
         let mut pending = Vec::new();
-        for (key, record, result) in &results {
+        for (item, result) in &results {
+            let record = item.record();
             let slot = slot(record);
+            let referral_id = match item {
+                Work::Linked(key, _) => key.as_str().to_owned(),
+                Work::Share(_) => String::new(),
+            };
             match result {
-                Ok(report) => {
+                Ok(changed) => {
                     outcome.synced += 1;
-                    if report.summary() != "unchanged" {
+                    if *changed {
                         outcome.changed += 1;
                     }
                     state.failures.remove(&slot);
                 }
-                Err(error) => {
+                // Claimed by another attempt: not a failure, but not done either.
+                Err(None) => pending.push(record.modified_on.clone()),
+                Err(Some(error)) => {
                     outcome.failed += 1;
                     let reason = match error.disposition() {
                         Disposition::RetryLater(r) | Disposition::GiveUp(r) => r,
                     };
-                    tracing::warn!(referral_id = %key, record = %slot, error = %reason, "CrmChanges: record not synced; retried on the next run");
+                    tracing::warn!(referral_id = %referral_id, record = %slot, error = %reason, "CrmChanges: record not synced; retried on the next run");
                     let report = book_failure(
                         &mut state.failures,
                         &slot,
-                        key.as_str(),
+                        &referral_id,
                         record.modified_on.as_deref(),
                         &reason,
                         settings.max_runs,
                     );
                     if report {
-                        outcome.poison.push(json!({
-                            "referralId": key.as_str(),
+                        let mut entry = json!({
                             "table": record.kind.name(),
                             "recordId": record.id,
                             "error": format!("gave up after {} runs of CrmChanges: {reason}", settings.max_runs),
                             "failedAt": super::utc_seconds(now),
-                        }));
+                        });
+                        if !referral_id.is_empty() {
+                            entry["referralId"] = Value::from(referral_id.clone());
+                        }
+                        outcome.poison.push(entry);
                     } else {
                         pending.push(record.modified_on.clone());
                     }
@@ -275,6 +276,106 @@ impl Syncer {
         state.since = Some(next_since(state.since.as_deref(), now, &pending));
         outcome.state = state;
         Ok(outcome)
+    }
+
+    /// What the next run would send, writing nothing: one line per record with work.
+    pub async fn poll_preview(
+        &self,
+        state: &PollState,
+        settings: &PollSettings,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>, SyncError> {
+        let (_, _, work) = self.poll_work(state, settings, now).await?;
+        let mut lines = Vec::new();
+        for item in work {
+            match item {
+                Work::Linked(key, _) => {
+                    let report = self.preview(&key).await?;
+                    if report.summary() != "unchanged" || !report.sent.is_empty() {
+                        lines.push(report.describe_with_patch());
+                    }
+                }
+                Work::Share(record) => {
+                    let outcome = self
+                        .share(record.clone(), settings.claim_lease, false)
+                        .await?;
+                    lines.push(outcome.describe(&record));
+                }
+            }
+        }
+        Ok(lines)
+    }
+
+    /// The records changed since the watermark and the work they need: linked records sync
+    /// their referral (once per referral), unlinked shared opportunities are shared.
+    async fn poll_work(
+        &self,
+        state: &PollState,
+        settings: &PollSettings,
+        now: OffsetDateTime,
+    ) -> Result<(usize, usize, Vec<Work>), CrmError> {
+        let from = read_from(state, settings, now);
+        let mut records = Vec::new();
+        for kind in self.polled_kinds() {
+            let table = self.mappings.table(*kind);
+            let flag = match kind {
+                RecordKind::Opportunity => table.partner_center.sync.as_deref(),
+                RecordKind::Lead => None,
+            };
+            let columns = table.select_columns();
+            records.extend(
+                self.crm()
+                    .changed_since(*kind, &from, flag, &columns)
+                    .await?,
+            );
+        }
+        let read = records.len();
+        let mut seen = HashSet::new();
+        let mut work = Vec::new();
+        let mut skipped_count = 0;
+        for record in records {
+            if skipped(
+                &state.failures,
+                &slot(&record),
+                record.modified_on.as_deref(),
+            ) {
+                skipped_count += 1;
+                continue;
+            }
+            match record.key.as_deref().map(ReferralId::parse) {
+                // An adopted opportunity and its lead carry the same key: one sync for both.
+                Some(Ok(key)) => {
+                    if seen.insert(key.clone()) {
+                        work.push(Work::Linked(key, record));
+                    }
+                }
+                Some(Err(_)) => {}
+                None if record.kind == RecordKind::Opportunity
+                    && wants_share(self.mappings.table(record.kind), &record) =>
+                {
+                    work.push(Work::Share(record));
+                }
+                None => {}
+            }
+        }
+        Ok((read, skipped_count, work))
+    }
+}
+
+/// One record's work in a run.
+#[derive(Debug)]
+enum Work {
+    /// A record with a referral: sync it both ways.
+    Linked(ReferralId, CrmRecord),
+    /// An opportunity to share.
+    Share(CrmRecord),
+}
+
+impl Work {
+    fn record(&self) -> &CrmRecord {
+        match self {
+            Self::Linked(_, record) | Self::Share(record) => record,
+        }
     }
 }
 
@@ -294,6 +395,7 @@ mod tests {
             first_lookback: Duration::from_secs(86_400),
             concurrency: 4,
             max_runs: 3,
+            claim_lease: Duration::from_secs(300),
         }
     }
 

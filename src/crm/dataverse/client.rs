@@ -84,6 +84,12 @@ impl Table {
         set: "accounts",
         id: "accountid",
     };
+    /// `contact`.
+    pub const CONTACT: Table = Table {
+        logical: "contact",
+        set: "contacts",
+        id: "contactid",
+    };
     /// `transactioncurrency`.
     pub const CURRENCY: Table = Table {
         logical: "transactioncurrency",

@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    crm::{Crm, CrmError, CrmRecord, Outcome, Prepared, RecordKind, WriteMode},
+    crm::{
+        Account, Contact, Crm, CrmError, CrmRecord, Outcome, Prepared, RecordKind, ShareParty,
+        WriteMode,
+    },
     domain::{Referral, ReferralId, referral::lookup},
     mapping::TableMapping,
 };
@@ -350,6 +353,15 @@ impl Crm for DataverseCrm {
             self.client.key_column().to_owned(),
             Value::from(key.as_str()),
         );
+        self.update_record(record, &columns, returned).await
+    }
+
+    async fn update_record(
+        &self,
+        record: &CrmRecord,
+        columns: &Map<String, Value>,
+        returned: &[&str],
+    ) -> Result<CrmRecord, CrmError> {
         let condition = Condition::IfMatch(record.version.clone().unwrap_or_else(|| "*".into()));
         let select = self.select(record.kind, returned);
         let entity = self
@@ -357,7 +369,7 @@ impl Crm for DataverseCrm {
             .upsert(
                 table(record.kind),
                 Row::Id(&record.id),
-                &columns,
+                columns,
                 &condition,
                 &select,
             )
@@ -436,20 +448,103 @@ impl Crm for DataverseCrm {
         }
     }
 
+    async fn share_party(&self, record: &CrmRecord) -> Result<ShareParty, CrmError> {
+        let error = |e| crm_error(RecordKind::Opportunity, e);
+        let lookups = [
+            "_parentaccountid_value",
+            "_customerid_value",
+            "_parentcontactid_value",
+            "_transactioncurrencyid_value",
+        ];
+        let Some(row) = self
+            .client
+            .get(Table::OPPORTUNITY, Row::Id(&record.id), &lookups)
+            .await
+            .map_err(error)?
+        else {
+            return Err(CrmError::Gone(RecordKind::Opportunity));
+        };
+        let mut party = ShareParty::default();
+        // The customer may be a contact; the parent account is the account when it is set.
+        for column in ["_parentaccountid_value", "_customerid_value"] {
+            let Some(id) = text_of(&row, column) else {
+                continue;
+            };
+            let select = [
+                "name",
+                "address1_line1",
+                "address1_line2",
+                "address1_city",
+                "address1_stateorprovince",
+                "address1_postalcode",
+                "address1_country",
+            ];
+            if let Some(account) = self
+                .client
+                .get(Table::ACCOUNT, Row::Id(&id), &select)
+                .await
+                .map_err(error)?
+            {
+                party.account = Some(Account {
+                    name: text_of(&account, "name"),
+                    line1: text_of(&account, "address1_line1"),
+                    line2: text_of(&account, "address1_line2"),
+                    city: text_of(&account, "address1_city"),
+                    state: text_of(&account, "address1_stateorprovince"),
+                    postal_code: text_of(&account, "address1_postalcode"),
+                    country: text_of(&account, "address1_country"),
+                });
+                break;
+            }
+        }
+        if let Some(id) = text_of(&row, "_parentcontactid_value") {
+            let select = ["firstname", "lastname", "emailaddress1", "telephone1"];
+            if let Some(contact) = self
+                .client
+                .get(Table::CONTACT, Row::Id(&id), &select)
+                .await
+                .map_err(error)?
+            {
+                party.contact = Some(Contact {
+                    first_name: text_of(&contact, "firstname"),
+                    last_name: text_of(&contact, "lastname"),
+                    email: text_of(&contact, "emailaddress1"),
+                    phone: text_of(&contact, "telephone1"),
+                });
+            }
+        }
+        if let Some(id) = text_of(&row, "_transactioncurrencyid_value") {
+            party.currency = self
+                .client
+                .get(Table::CURRENCY, Row::Id(&id), &["isocurrencycode"])
+                .await
+                .map_err(error)?
+                .and_then(|c| text_of(&c, "isocurrencycode"));
+        }
+        Ok(party)
+    }
+
     async fn changed_since(
         &self,
         kind: RecordKind,
         since: &str,
+        flag: Option<&str>,
         columns: &[&str],
     ) -> Result<Vec<CrmRecord>, CrmError> {
         let table = table(kind);
         let mut select = self.select(kind, columns);
         select.push("modifiedon");
-        // A ReferralId-shaped key and an RFC 3339 instant need no quoting in the filter.
-        let filter = format!(
-            "modifiedon ge {since} and {} ne null",
-            self.client.key_column()
-        );
+        if let Some(flag) = flag
+            && !select.contains(&flag)
+        {
+            select.push(flag);
+        }
+        // An RFC 3339 instant and logical names need no quoting in the filter.
+        let key = self.client.key_column();
+        let filter = match flag {
+            Some(flag) => format!("modifiedon ge {since} and ({key} ne null or {flag} eq true)"),
+            None => format!("modifiedon ge {since} and {key} ne null"),
+        };
         let order = format!("modifiedon asc,{} asc", table.id);
         let rows = self
             .client
@@ -458,6 +553,15 @@ impl Crm for DataverseCrm {
             .map_err(|e| crm_error(kind, e))?;
         rows.into_iter().map(|row| self.record(kind, row)).collect()
     }
+}
+
+/// The text of a column, trimmed; `None` when empty.
+fn text_of(row: &Map<String, Value>, column: &str) -> Option<String> {
+    row.get(column)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -402,7 +402,11 @@ impl Shared {
             && rng.next_f64() < cfg.rate
         {
             self.injected.fetch_add(1, Ordering::SeqCst);
-            let kinds = if cfg.lost_answers && req.method != "GET" { 5 } else { 4 };
+            let kinds = if cfg.lost_answers && req.method != "GET" {
+                5
+            } else {
+                4
+            };
             let (delay, outcome) = match rng.next_u64() % kinds {
                 0 => (
                     None,

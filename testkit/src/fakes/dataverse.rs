@@ -3373,11 +3373,15 @@ struct Filter {
 impl Filter {
     /// No `$filter`: every row.
     fn all_rows() -> Self {
-        Self { any: vec![Vec::new()] }
+        Self {
+            any: vec![Vec::new()],
+        }
     }
 
     fn matches(&self, row: &Map<String, Value>) -> bool {
-        self.any.iter().any(|group| group.iter().all(|c| c.matches(row)))
+        self.any
+            .iter()
+            .any(|group| group.iter().all(|c| c.matches(row)))
     }
 
     fn conditions(&self) -> impl Iterator<Item = &Condition> {
@@ -4333,7 +4337,11 @@ mod tests {
         let f = parse_filter("a eq 1 and b eq 2 or c eq 3").expect("parse");
         assert!(f.matches(&row(json!({"c": 3}))));
         assert!(!f.matches(&row(json!({"a": 1}))));
-        assert!(parse_filter("(name eq 'a')").expect("parse").matches(&row(json!({"name": "A"}))));
+        assert!(
+            parse_filter("(name eq 'a')")
+                .expect("parse")
+                .matches(&row(json!({"name": "A"})))
+        );
 
         for bad in [
             "name eq 'unterminated",

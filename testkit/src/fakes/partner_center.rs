@@ -460,7 +460,11 @@ fn set_pointer(doc: &mut Value, pointer: &str, value: Value) -> Result<(), Strin
 fn create_referral(s: &mut State, req: &Recorded) -> Reply {
     let body = req.json();
     let Value::Object(mut doc) = body.clone() else {
-        return pc_error(400, "BadRequest", "The request body must be a referral object.");
+        return pc_error(
+            400,
+            "BadRequest",
+            "The request body must be a referral object.",
+        );
     };
     for required in ["type", "customerProfile", "consent", "details"] {
         if doc.get(required).is_none_or(Value::is_null) {
@@ -491,7 +495,13 @@ fn create_referral(s: &mut State, req: &Recorded) -> Reply {
     }
     let id = uuid::Uuid::new_v4().to_string();
     let now = now_rfc3339();
-    for read_only in ["id", "eTag", "engagementId", "createdDateTime", "updatedDateTime"] {
+    for read_only in [
+        "id",
+        "eTag",
+        "engagementId",
+        "createdDateTime",
+        "updatedDateTime",
+    ] {
         doc.remove(read_only);
     }
     doc.insert("id".into(), Value::from(id.clone()));
@@ -855,8 +865,8 @@ mod tests {
         )
         .expect("range");
         assert_eq!(two.len(), 2);
-        let outgoing = parse_filter("(direction eq 'Outgoing' and status eq 'Active')")
-            .expect("text clauses");
+        let outgoing =
+            parse_filter("(direction eq 'Outgoing' and status eq 'Active')").expect("text clauses");
         let doc = json!({"direction": "outgoing", "status": "Active"});
         assert!(outgoing.iter().all(|c| c.holds(&doc)));
         assert!(!outgoing[0].holds(&json!({"direction": "Incoming"})));

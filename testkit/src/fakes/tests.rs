@@ -425,7 +425,9 @@ async fn partner_center_list_pages_with_next_link() {
 #[tokio::test]
 async fn partner_center_creates_outgoing_referrals_and_lists_them_newest_first() {
     let pc = FakePartnerCenter::start().await;
-    pc.insert_referral(json!({"id": "in-1", "direction": "Incoming", "createdDateTime": "2026-01-01T00:00:00Z"}));
+    pc.insert_referral(
+        json!({"id": "in-1", "direction": "Incoming", "createdDateTime": "2026-01-01T00:00:00Z"}),
+    );
     let c = client();
     let url = pc.url("/v1.0/engagements/referrals");
     let body = |name: &str, country: &str| {
@@ -441,14 +443,21 @@ async fn partner_center_creates_outgoing_referrals_and_lists_them_newest_first()
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     let mut missing = body("y", "US");
     missing.as_object_mut().expect("object").remove("consent");
-    assert_eq!(post(missing).await.expect("send").status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        post(missing).await.expect("send").status(),
+        StatusCode::BAD_REQUEST
+    );
     let first = json_of(post(body("first", "US")).await.expect("send")).await;
     assert_eq!(first["direction"], "Outgoing");
     assert_eq!(first["status"], "Active");
     assert!(first["eTag"].is_string() && first["createdDateTime"].is_string());
     tokio::time::sleep(Duration::from_millis(5)).await;
     // The answer is lost, but the referral exists.
-    pc.inject(Fault::connection_reset().on("POST", "/referrals").after_write());
+    pc.inject(
+        Fault::connection_reset()
+            .on("POST", "/referrals")
+            .after_write(),
+    );
     assert!(post(body("second", "US")).await.is_err());
     assert_eq!(pc.created().len(), 2);
     let listed = json_of(
