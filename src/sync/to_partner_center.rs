@@ -344,12 +344,8 @@ impl Syncer {
             }
             match record.key.as_deref().map(ReferralId::parse) {
                 // An adopted opportunity and its lead carry the same key: one sync for both.
-                Some(Ok(key)) => {
-                    if seen.insert(key.clone()) {
-                        work.push(Work::Linked(key, record));
-                    }
-                }
-                Some(Err(_)) => {}
+                Some(Ok(key)) if seen.insert(key.clone()) => work.push(Work::Linked(key, record)),
+                Some(_) => {}
                 None if record.kind == RecordKind::Opportunity
                     && wants_share(self.mappings.table(record.kind), &record) =>
                 {

@@ -148,3 +148,37 @@ pub fn sync_message(id: &str) -> String {
            "resourceChangeUtcDate": "2026-11-20T10:15:30.1234567+00:00", "receivedAt": "2026-11-20T10:15:31Z"})
     .to_string()
 }
+
+/// A seller's opportunity marked "Sync with Partner Center" in the Dataverse fake: an account
+/// in the United States (`customer` is its name), a contact with name and email, US dollars,
+/// value, close date, Microsoft help and one solution. Returns the opportunity id.
+pub fn shared_opportunity(dv: &FakeDataverse, customer: &str) -> String {
+    let account = dv.insert_account(json!({
+        "name": customer, "address1_line1": "1 Main St", "address1_city": "Redmond",
+        "address1_stateorprovince": "WA", "address1_postalcode": "98052",
+        "address1_country": "United States",
+    }));
+    let contact = dv.insert_contact(json!({
+        "firstname": "Avery", "lastname": "Howard",
+        "emailaddress1": "avery@example.test", "telephone1": "+1 425 555 0100",
+    }));
+    let usd = dv
+        .currency_id("USD")
+        .unwrap_or_else(|| dv.add_currency("USD"));
+    dv.insert_opportunity(
+        None,
+        json!({
+            "name": format!("{customer} Azure migration"),
+            "estimatedvalue": 25000,
+            "estimatedclosedate": "2027-03-31",
+            "description": "Move 40 VMs",
+            "new_syncwithpartnercenter": true,
+            "new_microsofthelp": 100_000_003,
+            "new_partnercentersolutions": "SOL-1234-PQRS",
+            "_parentaccountid_value": account,
+            "_customerid_value": account,
+            "_parentcontactid_value": contact,
+            "_transactioncurrencyid_value": usd,
+        }),
+    )
+}

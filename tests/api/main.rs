@@ -2,6 +2,7 @@
 
 mod commands;
 mod conformance;
+mod cosell;
 mod crm_changes;
 mod helpers;
 mod host_contract;

@@ -1716,6 +1716,20 @@ impl FakeDataverse {
         lock(&self.state).insert_row(ACCOUNT, None, 0, 1, columns)
     }
 
+    /// A user's edit of one column of account `id`; bumps its version and `modifiedon`.
+    /// Panics when there is no such account.
+    pub fn set_account_column(&self, id: &str, column: &str, value: Value) {
+        let mut s = lock(&self.state);
+        let id = s
+            .row(ACCOUNT, id)
+            .map(|r| r.id.clone())
+            .unwrap_or_else(|| panic!("set_account_column: no account {id}"));
+        s.tables[ACCOUNT].rows.update(&id, |row| {
+            row.columns.insert(column.to_owned(), value);
+        });
+        s.touch(ACCOUNT, &id);
+    }
+
     /// All contacts (creation order).
     pub fn contacts(&self) -> Vec<Value> {
         lock(&self.state).views(CONTACT)
