@@ -11,6 +11,7 @@ use crate::{config::Settings, startup::Application, telemetry};
 
 pub mod backfill;
 pub mod check;
+pub mod crm;
 pub mod login;
 pub mod setup;
 pub mod sync;
@@ -49,11 +50,16 @@ pub enum Command {
         #[command(subcommand)]
         action: WebhookAction,
     },
-    /// Sync these referrals now, exactly as the queue function does, and print each outcome.
+    /// Sync these referrals now, exactly as the queue function does, and print each outcome;
+    /// with --crm, these CRM records, exactly as CrmChanges does.
     Sync {
-        /// Referral ids (GUIDs).
+        /// Referral ids (GUIDs), or with --crm the records' ids.
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
+        /// The ids are records of this CRM table (lead or opportunity): sync them to Partner
+        /// Center (their referral, or a share).
+        #[arg(long, value_name = "TABLE", value_parser = crm::parse_table)]
+        crm: Option<crate::crm::RecordKind>,
     },
     /// Sync every referral updated in a time window (recovers events Partner Center gave up on).
     Backfill {
@@ -69,6 +75,18 @@ pub enum Command {
         /// Read both sides and report what would change, writing nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Sync the CRM records changed in the window to Partner Center instead (CrmChanges).
+        #[arg(long, conflicts_with = "until")]
+        crm: bool,
+    },
+    /// Print what the next CrmChanges run would send to Partner Center, writing nothing.
+    CrmChanges {
+        /// Required: this command only previews.
+        #[arg(long, required = true)]
+        dry_run: bool,
+        /// Read records changed since this date or time (UTC) instead of the last day.
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
     },
     /// Verify the whole configuration without writing anything.
     Check {
@@ -163,12 +181,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 webhook::test(&settings, timeout, poll, out).await
             }
         },
-        Command::Sync { ids } => sync::run(&settings, &ids, out).await,
+        Command::Sync { ids, crm: None } => sync::run(&settings, &ids, out).await,
+        Command::Sync {
+            ids,
+            crm: Some(kind),
+        } => crm::sync_records(&settings, kind, &ids, out).await,
+        Command::Backfill {
+            since,
+            concurrency,
+            dry_run,
+            crm: true,
+            ..
+        } => {
+            let since = backfill::parse_date(&since, "--since")?;
+            crm::backfill(&settings, since, usize::from(concurrency), dry_run, out).await
+        }
+        Command::CrmChanges { since, .. } => {
+            let state = crate::sync::to_partner_center::PollState {
+                since: since
+                    .map(|s| backfill::parse_date(&s, "--since"))
+                    .transpose()?
+                    .map(|t| crate::sync::utc_seconds(t + settings.sync.poll.overlap)),
+                failures: Default::default(),
+            };
+            crm::dry_run(&settings, &state, out).await
+        }
         Command::Backfill {
             since,
             until,
             concurrency,
             dry_run,
+            crm: false,
         } => {
             let options = backfill::Options {
                 since,

@@ -6,7 +6,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
     envelope::{InvokeRequest, InvokeResponse, QueueData, QueueTriggerMetadata},
-    sync::{Disposition, SyncError, SyncMessage, Syncer},
+    sync::{Disposition, SyncError, SyncMessage, Syncer, to_partner_center::RecordSync},
 };
 
 /// How the host is answered.
@@ -44,18 +44,25 @@ pub async fn handle(
     let text = request.data.msg;
     let result = match SyncMessage::parse(&text) {
         Ok(message) => {
-            tracing::Span::current().record("referral_id", message.referral_id.as_str());
-            match syncer {
-                Ok(syncer) => syncer.sync(&message.referral_id).await,
-                Err(reason) => Err(SyncError::NotConfigured(reason.to_owned())),
+            if let SyncMessage::Referral { referral_id, .. } = &message {
+                tracing::Span::current().record("referral_id", referral_id.as_str());
+            }
+            match (syncer, message) {
+                (Err(reason), _) => Err(SyncError::NotConfigured(reason.to_owned())),
+                (Ok(syncer), SyncMessage::Referral { referral_id, .. }) => {
+                    syncer.sync(&referral_id).await.map(RecordSync::Synced)
+                }
+                (Ok(syncer), SyncMessage::Record { kind, record_id }) => {
+                    syncer.sync_record(kind, &record_id, true).await
+                }
             }
         }
         Err(e) => Err(e),
     };
     match result {
-        Ok(report) => {
-            let line = report.describe();
-            tracing::info!(outcome = report.summary(), table = report.kind.name(), record_id = %report.record_id, "{line}");
+        Ok(done) => {
+            let line = done.describe();
+            tracing::info!(outcome = done.summary(), "{line}");
             SyncAnswer {
                 success: true,
                 response: InvokeResponse::default().log(line),

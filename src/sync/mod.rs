@@ -248,30 +248,80 @@ impl SyncError {
     }
 }
 
-/// The queue message the webhook writes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A `referral-sync` queue message: a referral (what the webhook writes, or a bare id), or a
+/// CRM record (what `poison replay` writes back for a record CrmChanges gave up on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncMessage {
+    /// Sync this referral.
+    Referral {
+        /// The referral.
+        referral_id: ReferralId,
+        /// The event that caused it (informational).
+        event_name: Option<String>,
+    },
+    /// Sync this CRM record to Partner Center (its referral, or a share).
+    Record {
+        /// Its table.
+        kind: RecordKind,
+        /// Its id in the CRM.
+        record_id: String,
+    },
+}
+
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SyncMessage {
-    /// The referral to sync.
-    pub referral_id: ReferralId,
-    /// The event that caused it (informational).
-    #[serde(default)]
-    pub event_name: Option<String>,
+struct MessageFields {
+    referral_id: Option<String>,
+    event_name: Option<String>,
+    table: Option<String>,
+    record_id: Option<String>,
 }
 
 impl SyncMessage {
-    /// Parses the message text: the webhook's JSON object, or a bare referral id.
+    /// Parses the message text: `{"referralId": …}` (the webhook's), a bare referral id, or
+    /// `{"table": "opportunity", "recordId": …}`.
     pub fn parse(text: &str) -> Result<Self, SyncError> {
         let trimmed = text.trim();
         if let Ok(referral_id) = ReferralId::parse(trimmed) {
-            return Ok(Self {
+            return Ok(Self::Referral {
                 referral_id,
                 event_name: None,
             });
         }
-        serde_json::from_str(trimmed).map_err(|e| {
-            SyncError::Malformed(format!("expected {{\"referralId\": \"<guid>\"}}: {e}"))
-        })
+        let expected = "expected {\"referralId\": \"<guid>\"} or {\"table\": \"lead|opportunity\", \"recordId\": \"<id>\"}";
+        let fields: MessageFields = serde_json::from_str(trimmed)
+            .map_err(|e| SyncError::Malformed(format!("{expected}: {e}")))?;
+        match (fields.table, fields.record_id, fields.referral_id) {
+            (Some(table), Some(record_id), _) => {
+                let kind = RecordKind::ALL
+                    .into_iter()
+                    .find(|k| k.name().eq_ignore_ascii_case(table.trim()))
+                    .ok_or_else(|| {
+                        SyncError::Malformed(format!("table `{table}` is not lead or opportunity"))
+                    })?;
+                let record_id = record_id.trim().to_ascii_lowercase();
+                if record_id.is_empty() {
+                    return Err(SyncError::Malformed(format!(
+                        "{expected}: recordId is empty"
+                    )));
+                }
+                Ok(Self::Record { kind, record_id })
+            }
+            (_, _, Some(id)) => Ok(Self::Referral {
+                referral_id: ReferralId::parse(&id)
+                    .map_err(|e| SyncError::Malformed(format!("referralId: {e}")))?,
+                event_name: fields.event_name,
+            }),
+            _ => Err(SyncError::Malformed(expected.to_owned())),
+        }
+    }
+
+    /// The referral or record, for logs.
+    pub fn subject(&self) -> String {
+        match self {
+            Self::Referral { referral_id, .. } => format!("referral {referral_id}"),
+            Self::Record { kind, record_id } => format!("{kind} {record_id}"),
+        }
     }
 }
 
@@ -288,6 +338,7 @@ pub struct Syncer {
     optional_refused: Arc<AtomicBool>,
     not_found_retries: u32,
     not_found_delay: Duration,
+    claim_lease: Duration,
 }
 
 impl Syncer {
@@ -314,6 +365,7 @@ impl Syncer {
             optional_refused: Arc::default(),
             not_found_retries: settings.sync.not_found_retries,
             not_found_delay: settings.sync.retry_min_delay.max(Duration::from_millis(50)),
+            claim_lease: settings.sync.poll.claim_lease,
         }
     }
 
@@ -357,15 +409,41 @@ mod tests {
     use crate::http::CallError;
 
     #[test]
-    fn messages_parse_from_the_webhook_object_or_a_bare_id() {
+    fn messages_parse_from_the_webhook_object_a_bare_id_or_a_record() {
         let id = "c5fbb3b6-be74-4795-9fb5-4324c73fed37";
-        let m = SyncMessage::parse(&format!(
-            r#"{{"referralId":"{id}","eventName":"referral-created"}}"#
-        ))
-        .unwrap();
-        assert_eq!(m.referral_id.as_str(), id);
-        assert_eq!(SyncMessage::parse(id).unwrap().referral_id.as_str(), id);
-        for bad in ["", "{}", "[]", r#"{"referralId":"nope"}"#, "not json"] {
+        let referral = |event: Option<&str>| SyncMessage::Referral {
+            referral_id: ReferralId::parse(id).unwrap(),
+            event_name: event.map(str::to_owned),
+        };
+        let cases = [
+            (
+                format!(r#"{{"referralId":"{id}","eventName":"referral-created"}}"#),
+                referral(Some("referral-created")),
+            ),
+            (id.to_owned(), referral(None)),
+            (
+                format!(
+                    r#"{{"table":"Opportunity","recordId":"AB12","referralId":"{id}","error":"x"}}"#
+                ),
+                SyncMessage::Record {
+                    kind: RecordKind::Opportunity,
+                    record_id: "ab12".into(),
+                },
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(SyncMessage::parse(&text).unwrap(), expected, "{text}");
+        }
+        for bad in [
+            "",
+            "{}",
+            "[]",
+            r#"{"referralId":"nope"}"#,
+            "not json",
+            r#"{"table":"account","recordId":"1"}"#,
+            r#"{"table":"lead","recordId":" "}"#,
+            r#"{"table":"lead"}"#,
+        ] {
             assert!(
                 matches!(SyncMessage::parse(bad), Err(SyncError::Malformed(_))),
                 "{bad}"

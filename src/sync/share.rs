@@ -75,12 +75,7 @@ impl Syncer {
     /// Shares one opportunity that has no referral yet. `write` false reads both sides and
     /// writes nothing.
     #[tracing::instrument(skip_all, fields(opportunity = %record.id, write = write))]
-    pub async fn share(
-        &self,
-        record: CrmRecord,
-        lease: Duration,
-        write: bool,
-    ) -> Result<ShareOutcome, SyncError> {
+    pub async fn share(&self, record: CrmRecord, write: bool) -> Result<ShareOutcome, SyncError> {
         let table = self.mappings.table(RecordKind::Opportunity);
         let Some(status_column) = table.partner_center.status.clone() else {
             return Err(CrmError::Rejected {
@@ -97,7 +92,7 @@ impl Syncer {
                 }
                 return self.link(record, &referral, true).await;
             }
-            if now - at < lease {
+            if now - at < self.claim_lease {
                 return Ok(ShareOutcome::Waiting);
             }
             tracing::warn!(claimed_at = %utc_seconds(at), "an earlier attempt claimed this opportunity and created no referral; creating it now");

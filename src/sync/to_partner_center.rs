@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use super::{Disposition, SyncError, Syncer, share::ShareOutcome};
+use super::{Disposition, SyncError, SyncReport, Syncer, share::ShareOutcome};
 use crate::{
     crm::{CrmError, CrmRecord, RecordKind},
     domain::ReferralId,
@@ -198,7 +198,7 @@ impl Syncer {
                         .map(|r| r.summary() != "unchanged")
                         .map_err(Some),
                     Work::Share(record) => {
-                        match self.share(record.clone(), settings.claim_lease, true).await {
+                        match self.share(record.clone(), true).await {
                             Ok(ShareOutcome::Waiting) => Err(None),
                             Ok(outcome) => {
                                 tracing::info!(opportunity = %record.id, outcome = %outcome.describe(record), "CrmChanges: shared opportunity");
@@ -296,9 +296,7 @@ impl Syncer {
                     }
                 }
                 Work::Share(record) => {
-                    let outcome = self
-                        .share(record.clone(), settings.claim_lease, false)
-                        .await?;
+                    let outcome = self.share(record.clone(), false).await?;
                     lines.push(outcome.describe(&record));
                 }
             }
@@ -355,6 +353,91 @@ impl Syncer {
             }
         }
         Ok((read, skipped_count, work))
+    }
+}
+
+/// What syncing one CRM record to Partner Center did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordSync {
+    /// It has a referral: synced both ways.
+    Synced(SyncReport),
+    /// An opportunity without a referral, marked "Sync with Partner Center".
+    Shared {
+        /// The record.
+        record: CrmRecord,
+        /// What the share did.
+        outcome: ShareOutcome,
+    },
+    /// Nothing to do: no referral, and not marked to be shared.
+    Idle(CrmRecord),
+}
+
+impl RecordSync {
+    /// `created`, `updated`, `unchanged` or `failed`, as operators read it.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            Self::Synced(report) => report.summary(),
+            Self::Shared { outcome, .. } => match outcome {
+                ShareOutcome::Created(_) | ShareOutcome::WouldCreate(_) => "created",
+                ShareOutcome::Adopted(_) | ShareOutcome::WouldAdopt(_) => "updated",
+                ShareOutcome::Invalid(_) => "refused",
+                ShareOutcome::Waiting => "unchanged",
+            },
+            Self::Idle(_) => "unchanged",
+        }
+    }
+
+    /// One line for logs and output.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Synced(report) => report.describe(),
+            Self::Shared { record, outcome } => outcome.describe(record),
+            Self::Idle(record) => format!(
+                "{} {}: no referral, and Sync with Partner Center is not yes; nothing to do",
+                record.kind, record.id
+            ),
+        }
+    }
+}
+
+impl Syncer {
+    /// Syncs one CRM record to Partner Center, as CrmChanges does: its referral both ways, or
+    /// a share. `write` false reads both sides and writes nothing.
+    pub async fn sync_record(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        write: bool,
+    ) -> Result<RecordSync, SyncError> {
+        let table = self.mappings.table(kind);
+        let record = self
+            .crm()
+            .read_by_id(kind, id, &table.select_columns())
+            .await?
+            .ok_or_else(|| CrmError::Rejected {
+                crm: self.crm().name(),
+                message: format!("there is no {kind} with id {id}"),
+            })?;
+        match record.key.as_deref().map(ReferralId::parse) {
+            Some(Ok(key)) => {
+                let report = if write {
+                    self.sync(&key).await?
+                } else {
+                    self.preview(&key).await?
+                };
+                Ok(RecordSync::Synced(report))
+            }
+            Some(Err(e)) => Err(CrmError::Rejected {
+                crm: self.crm().name(),
+                message: format!("{kind} {id} has an unusable referral id: {e}"),
+            }
+            .into()),
+            None if kind == RecordKind::Opportunity && wants_share(table, &record) => {
+                let outcome = self.share(record.clone(), write).await?;
+                Ok(RecordSync::Shared { record, outcome })
+            }
+            None => Ok(RecordSync::Idle(record)),
+        }
     }
 }
 

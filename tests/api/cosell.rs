@@ -3,6 +3,7 @@
 //! what Partner Center would refuse is refused before any request; a lost answer to the
 //! create is adopted, never created twice, also when runs overlap.
 
+use referral_connector::{cli, crm::RecordKind};
 use serde_json::{Value, json};
 use testkit::{
     fakes::Fault,
@@ -17,6 +18,7 @@ const CREATE_PATH: &str = "/v1.0/engagements/referrals";
 struct World {
     fakes: SyncWorld,
     app: TestApp,
+    settings: referral_connector::config::Settings,
     opportunity: String,
 }
 
@@ -27,10 +29,12 @@ impl World {
         let opportunity = shared_opportunity(&fakes.dataverse, "Contoso");
         let mut vars = vec![("SYNC_TARGET", "opportunity")];
         vars.extend_from_slice(extra);
-        let app = TestApp::spawn(&sync_settings(&fakes, &vars)).await;
+        let settings = sync_settings(&fakes, &vars);
+        let app = TestApp::spawn(&settings).await;
         Self {
             fakes,
             app,
+            settings,
             opportunity,
         }
     }
@@ -409,4 +413,112 @@ async fn a_partner_center_change_and_a_crm_change_to_different_fields_both_land_
         callback().await;
         assert_eq!(w.writes(), writes, "nothing loops (crm_first {crm_first})");
     }
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8(out.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn crm_changes_dry_run_prints_the_referral_it_would_create_and_writes_nothing() {
+    let w = World::start(&[]).await;
+    let mut out = Vec::new();
+    let state = referral_connector::sync::to_partner_center::PollState::default();
+    assert!(
+        cli::crm::dry_run(&w.settings, &state, &mut out)
+            .await
+            .unwrap()
+    );
+    let printed = text(&out);
+    assert!(
+        printed.contains(&format!(
+            "opportunity {}: would create referral",
+            w.opportunity
+        )) && printed.contains("\"SOL-1234-PQRS\"")
+            && printed.contains("1 with something to send"),
+        "{printed}"
+    );
+    assert_eq!(w.writes(), (0, 0, 0));
+    assert_eq!(w.posts(), 0);
+}
+
+#[tokio::test]
+async fn sync_crm_shares_one_record_and_backfill_crm_pushes_a_sellers_edit() {
+    let w = World::start(&[]).await;
+    let mut out = Vec::new();
+    let ids = [w.opportunity.clone()];
+    let kind = RecordKind::Opportunity;
+    assert!(
+        cli::crm::sync_records(&w.settings, kind, &ids, &mut out)
+            .await
+            .unwrap()
+    );
+    assert!(
+        text(&out).contains("created: opportunity"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.fakes.partner_center.created().len(), 1);
+    let referral_id = w.fakes.partner_center.referral_ids()[0].clone();
+    let writes = w.writes();
+    let mut out = Vec::new();
+    assert!(
+        cli::crm::sync_records(&w.settings, kind, &ids, &mut out)
+            .await
+            .unwrap()
+    );
+    assert!(text(&out).contains(" unchanged: "), "{}", text(&out));
+    assert_eq!(w.writes(), writes, "a second sync writes nothing");
+
+    w.fakes
+        .dataverse
+        .set_opportunity_column(&w.opportunity, "estimatedvalue", json!(27500));
+    let since = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let mut out = Vec::new();
+    assert!(
+        cli::crm::backfill(&w.settings, since, 4, true, &mut out)
+            .await
+            .unwrap()
+    );
+    assert!(text(&out).contains("/details/dealValue"), "{}", text(&out));
+    assert_eq!(w.writes(), writes, "the dry run writes nothing");
+    let mut out = Vec::new();
+    assert!(
+        cli::crm::backfill(&w.settings, since, 4, false, &mut out)
+            .await
+            .unwrap()
+    );
+    assert!(
+        text(&out).contains("1 synced (1 with changes)"),
+        "{}",
+        text(&out)
+    );
+    let referral = w.fakes.partner_center.referral(&referral_id).unwrap();
+    assert_eq!(referral["details"]["dealValue"], 27500);
+
+    let mut out = Vec::new();
+    let missing = ["0b000000-0000-4000-8000-000000000009".to_owned()];
+    assert!(
+        !cli::crm::sync_records(&w.settings, kind, &missing, &mut out)
+            .await
+            .unwrap()
+    );
+    assert!(
+        text(&out).contains("there is no opportunity with id"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_record_message_on_the_sync_queue_runs_the_record_as_crm_changes_would() {
+    let w = World::start(&[]).await;
+    let message = json!({"table": "opportunity", "recordId": w.opportunity, "error": "replayed"});
+    let (status, answer) = w
+        .app
+        .invoke("ReferralSync", queue_envelope(&message.to_string(), 1))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(w.fakes.partner_center.created().len(), 1, "{answer}");
+    assert!(!w.row()["new_partnercenterreferralid"].is_null());
 }
