@@ -10,8 +10,17 @@
 //! flowing to `description` on every sync, 50 customers shared between them): then every
 //! referral must end with exactly one correct opportunity and every customer with one account.
 //!
+//! With `--two-way` (opportunities) the CRM side moves too: sellers share opportunities with
+//! Microsoft (one referral each must appear), edit the value and close date of linked ones and
+//! win or lose some, while Partner Center changes the notes; CrmChanges runs on a timer, two
+//! runs overlapping now and then, and the faults also lose answers to writes that happened.
+//! After quiescence both sides must agree field by field per the mapping's directions, every
+//! shared opportunity must have exactly one referral, and a further round of callbacks and
+//! polls must write nothing.
+//!
 //! `scripts/reliability.sh` (= `cargo run --release --example reliability`); exits non-zero on
-//! any loss or duplicate. Arguments: `[--target lead|opportunity] [events] [fault-rate] [seed]`.
+//! any loss or duplicate. Arguments:
+//! `[--target lead|opportunity | --two-way] [events] [fault-rate] [seed]`.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -33,8 +42,10 @@ use serde_json::{Value, json};
 use testkit::{
     cert_world::CertWorld,
     fakes::RandomFaults,
-    host::{callback_body, http_envelope},
-    sync_world::{KEY_COLUMN, SyncWorld, queue_envelope, referral},
+    host::{callback_body, http_envelope, timer_envelope},
+    sync_world::{
+        KEY_COLUMN, SyncWorld, queue_envelope, referral, shared_opportunity, sync_message,
+    },
 };
 
 const MAX_DEQUEUE_COUNT: u32 = 5;
@@ -154,6 +165,11 @@ async fn worker(
 fn main() {
     let mut args: Vec<String> = std::env::args().collect();
     let mut kind = RecordKind::Lead;
+    let two_way = args.iter().any(|a| a == "--two-way");
+    args.retain(|a| a != "--two-way");
+    if two_way {
+        kind = RecordKind::Opportunity;
+    }
     if let Some(at) = args.iter().position(|a| a == "--target") {
         kind = match args.get(at + 1).map(String::as_str) {
             Some("lead") => RecordKind::Lead,
@@ -176,7 +192,7 @@ fn main() {
         .build()
         .unwrap();
     let ok = runtime.block_on(async move {
-        tokio::time::timeout(DEADLINE, run(events, rate, seed, kind))
+        tokio::time::timeout(DEADLINE, run(events, rate, seed, kind, two_way))
             .await
             .unwrap_or_else(|_| {
                 println!("FAIL: the run did not finish within {DEADLINE:?}");
@@ -186,7 +202,7 @@ fn main() {
     std::process::exit(if ok { 0 } else { 1 });
 }
 
-async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind) -> bool {
+async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: bool) -> bool {
     let started = Instant::now();
     let fakes = SyncWorld::start().await;
     let certs = CertWorld::start().await;
@@ -201,6 +217,9 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind) -> bool {
     );
     vars.insert("OUTBOUND_TIMEOUT_SECONDS".into(), "1".into());
     vars.insert("SYNC_RETRY_BUDGET_SECONDS".into(), "3".into());
+    // The poll runs every POLL_EVERY; a claim must outlast one create (2 × 1 s + 3 s).
+    vars.insert("CRM_POLL_OVERLAP_SECONDS".into(), "2".into());
+    vars.insert("CRM_SHARE_CLAIM_SECONDS".into(), "6".into());
     let mut settings = Settings::from_vars(&vars).expect("settings");
     settings.http.extra_root_pems = vec![fakes.root_pem(), certs.pki.root.cert_pem()];
     settings.sync.retry_min_delay = Duration::from_millis(50);
@@ -243,17 +262,29 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind) -> bool {
         seed: seed ^ salt,
         retry_after_secs: 1,
         timeout_delay: Duration::from_millis(1500),
-        lost_answers: false,
+        lost_answers: two_way,
     };
     fakes.partner_center.set_random_faults(Some(faults(1)));
     fakes.dataverse.set_random_faults(Some(faults(2)));
     fakes.entra.set_random_faults(Some(faults(3)));
 
+    let shared: Vec<String> = if two_way {
+        (0..(referrals / 10).max(10))
+            .map(|j| shared_opportunity(&fakes.dataverse, &format!("Shared customer {j}")))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let host = Arc::new(Host::default());
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
         .unwrap();
+    let crm_side = CrmSide {
+        enabled: two_way,
+        ..CrmSide::default()
+    };
+    let crm_changes_url = format!("{base}/CrmChanges");
     let producing = Arc::new(AtomicUsize::new(1));
     let workers: Vec<_> = (0..96)
         .map(|_| {
@@ -267,41 +298,89 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind) -> bool {
         .collect();
 
     let queued = AtomicUsize::new(0);
-    let webhook_url = format!("{base}/ReferralWebhook");
-    stream::iter(stream_events.iter().enumerate())
-        .for_each_concurrent(32, |(n, (i, event, change))| {
-            let (client, host, certs, fakes, webhook_url, queued) =
-                (&client, &host, &certs, &fakes, &webhook_url, &queued);
-            async move {
-                if *change {
-                    let notes = format!("change {n}");
-                    fakes.partner_center.set_referral_field(
-                        &id(*i),
-                        "/details/notes",
-                        json!(notes),
-                    );
+    let traffic = async {
+        let webhook_url = format!("{base}/ReferralWebhook");
+        stream::iter(stream_events.iter().enumerate())
+            .for_each_concurrent(32, |(n, (i, event, change))| {
+                let (client, host, certs, fakes, webhook_url, queued) =
+                    (&client, &host, &certs, &fakes, &webhook_url, &queued);
+                async move {
+                    if *change {
+                        let notes = format!("change {n}");
+                        fakes.partner_center.set_referral_field(
+                            &id(*i),
+                            "/details/notes",
+                            json!(notes),
+                        );
+                    }
+                    let (status, answer) =
+                        post(client, webhook_url, webhook_envelope(certs, event, &id(*i))).await;
+                    assert_eq!(status, 200, "{answer}");
+                    assert_eq!(answer["Outputs"]["res"]["statusCode"], 200, "{answer}");
+                    let message = answer["Outputs"]["syncQueue"].to_string();
+                    host.queue.lock().unwrap().push_back(Message {
+                        text: message,
+                        dequeue_count: 0,
+                        visible_at: Instant::now(),
+                    });
+                    queued.fetch_add(1, Ordering::Relaxed);
                 }
-                let (status, answer) =
-                    post(client, webhook_url, webhook_envelope(certs, event, &id(*i))).await;
-                assert_eq!(status, 200, "{answer}");
-                assert_eq!(answer["Outputs"]["res"]["statusCode"], 200, "{answer}");
-                let message = answer["Outputs"]["syncQueue"].to_string();
-                host.queue.lock().unwrap().push_back(Message {
-                    text: message,
-                    dequeue_count: 0,
-                    visible_at: Instant::now(),
-                });
-                queued.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-        .await;
-    producing.store(0, Ordering::SeqCst);
-    for w in workers {
-        w.await.unwrap();
-    }
+            })
+            .await;
+        producing.store(0, Ordering::SeqCst);
+        for w in workers {
+            w.await.unwrap();
+        }
+        crm_side.stop.store(1, Ordering::SeqCst);
+    };
+    tokio::join!(
+        traffic,
+        poll_timer(&crm_side, &host, &client, &crm_changes_url),
+        seller(&crm_side, &fakes.dataverse, seed),
+    );
     fakes.partner_center.set_random_faults(None);
     fakes.dataverse.set_random_faults(None);
     fakes.entra.set_random_faults(None);
+    let mut writes_after_quiescence = 0;
+    let mut quiescence_rounds = 0;
+    if two_way {
+        // Quiescence: every referral's callback (Partner Center sends one for each of our
+        // writes) and a poll, until a round writes nothing; then one more round must write
+        // nothing either.
+        let writes = || {
+            let pc = &fakes.partner_center;
+            let patches: usize = pc.referral_ids().iter().map(|id| pc.patch_count(id)).sum();
+            fakes.dataverse.write_count() + patches + pc.created().len()
+        };
+        let round = || async {
+            let before = writes();
+            let answer = invoke_poll(&crm_side, &host, &client, &crm_changes_url).await;
+            if answer.is_none() {
+                println!("  a quiescence poll failed");
+            }
+            let ids = fakes.partner_center.referral_ids();
+            stream::iter(ids)
+                .for_each_concurrent(16, |rid| {
+                    let (client, base) = (&client, &base);
+                    async move {
+                        let url = format!("{base}/ReferralSync");
+                        post(client, &url, queue_envelope(&sync_message(&rid), 1)).await;
+                    }
+                })
+                .await;
+            writes() - before
+        };
+        loop {
+            quiescence_rounds += 1;
+            let written = round().await;
+            if written == 0 || quiescence_rounds >= 30 {
+                break;
+            }
+            // Claims of creates that never reached Partner Center expire after 6 s.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        writes_after_quiescence = round().await;
+    }
 
     // Verification against the fakes' final state.
     let poison = host.poison.lock().unwrap().clone();
@@ -345,15 +424,23 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind) -> bool {
         let consistent = found.first().is_some_and(|record| {
             let r =
                 referral_connector::domain::Referral::from_json(document.clone(), None).unwrap();
-            let mut wanted = mapping.record_columns(&r, false).unwrap();
+            // A closed record is read-only (the status table): what Partner Center changed
+            // after the seller closed it stays in the referral.
+            let mut wanted = if record["statecode"] == 0 {
+                mapping.record_columns(&r, false).unwrap()
+            } else {
+                serde_json::Map::new()
+            };
             wanted.extend(mapping.partner_center_columns(&r, &policy));
             let columns_ok = wanted.iter().all(|(k, v)| {
                 referral_connector::mapping::same_value(v, record.get(k).unwrap_or(&Value::Null))
             });
-            columns_ok
-                && document["externalReferenceId"] == record[id_column]
-                && document["status"] == "Active"
-                && document["substatus"] == "Accepted"
+            let state_ok = if two_way {
+                agrees(&document, record)
+            } else {
+                document["status"] == "Active" && document["substatus"] == "Accepted"
+            };
+            columns_ok && document["externalReferenceId"] == record[id_column] && state_ok
         });
         if consistent {
             correct += 1;
@@ -365,6 +452,57 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind) -> bool {
         } else {
             stale += 1;
             println!("STALE {rid}: {table} or write-back differs and no poison entry");
+            if let Some(record) = found.first() {
+                println!(
+                    "  referral {} {} {}; record state {} description {} value {} date {}",
+                    document["status"],
+                    document["substatus"],
+                    document["details"],
+                    record["statecode"],
+                    record["description"],
+                    record["estimatedvalue"],
+                    record["estimatedclosedate"]
+                );
+            }
+        }
+    }
+    // Shared opportunities: exactly one referral each, linked, and both sides agreeing.
+    let (mut shared_ok, mut shared_missing, mut shared_duplicated, mut shared_disagree) =
+        (0, 0, 0, 0);
+    let outgoing: Vec<Value> = fakes
+        .partner_center
+        .referral_ids()
+        .iter()
+        .filter_map(|rid| fakes.partner_center.referral(rid))
+        .filter(|r| r["direction"] == "Outgoing")
+        .collect();
+    for opportunity in &shared {
+        let mine: Vec<&Value> = outgoing
+            .iter()
+            .filter(|r| r["externalReferenceId"].as_str() == Some(opportunity.as_str()))
+            .collect();
+        let record = fakes.dataverse.opportunity_by_id(opportunity).unwrap();
+        match mine.as_slice() {
+            [] => {
+                shared_missing += 1;
+                println!("UNSHARED {opportunity}: no referral");
+            }
+            [one] => {
+                let linked = record[KEY_COLUMN] == one["id"];
+                if linked && agrees(one, &record) {
+                    shared_ok += 1;
+                } else {
+                    shared_disagree += 1;
+                    println!(
+                        "DISAGREE shared {opportunity}: referral {} vs opportunity {}",
+                        one["details"], record
+                    );
+                }
+            }
+            many => {
+                shared_duplicated += 1;
+                println!("DUPLICATE shared {opportunity}: {} referrals", many.len());
+            }
         }
     }
     let mut accounts: HashMap<String, usize> = HashMap::new();
@@ -407,7 +545,24 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind) -> bool {
         println!(
             "  accounts {} for {} customers, duplicated {duplicate_accounts}",
             fakes.dataverse.accounts().len(),
-            CUSTOMERS.min(referrals)
+            CUSTOMERS.min(referrals) + shared.len()
+        );
+    }
+    if two_way {
+        println!(
+            "  CRM side: {} CrmChanges runs ({} overlapping pairs, {} answered non-2xx), seller edits {}, closes {}",
+            crm_side.runs.load(Ordering::Relaxed),
+            crm_side.overlaps.load(Ordering::Relaxed),
+            crm_side.failed_runs.load(Ordering::Relaxed),
+            crm_side.edits.load(Ordering::Relaxed),
+            crm_side.closes.load(Ordering::Relaxed)
+        );
+        println!(
+            "  shared opportunities {}: one agreeing referral {shared_ok}, unshared {shared_missing}, duplicated {shared_duplicated}, disagreeing {shared_disagree}",
+            shared.len()
+        );
+        println!(
+            "  quiescence after {quiescence_rounds} rounds; writes in the round after it {writes_after_quiescence}"
         );
     }
     println!("  elapsed {:.1} s", elapsed.as_secs_f64());
@@ -415,14 +570,144 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind) -> bool {
         && stale == 0
         && duplicates == 0
         && duplicate_accounts == 0
-        && correct + in_poison == referrals;
+        && correct + in_poison == referrals
+        && shared_ok == shared.len()
+        && writes_after_quiescence == 0;
     println!(
         "{}",
         if ok {
-            "PASS: nothing lost, nothing duplicated"
+            if two_way {
+                "PASS: nothing lost, nothing duplicated, both sides agree, nothing loops"
+            } else {
+                "PASS: nothing lost, nothing duplicated"
+            }
         } else {
             "FAIL"
         }
     );
     ok
+}
+
+/// Whether a referral and its opportunity agree on what the CRM owns: the state, the deal
+/// value and the close date.
+fn agrees(referral: &Value, record: &Value) -> bool {
+    let state_ok = match record["statecode"].as_i64() {
+        Some(0) => referral["status"] == "Active",
+        Some(1) => referral["status"] == "Closed" && referral["substatus"] == "Won",
+        Some(2) => referral["status"] == "Closed" && referral["substatus"] == "Lost",
+        _ => false,
+    };
+    let value_ok = referral_connector::mapping::same_value(
+        &referral["details"]["dealValue"],
+        &record["estimatedvalue"],
+    );
+    let date_ok = referral["details"]["closingDateTime"]
+        .as_str()
+        .and_then(|d| d.get(..10))
+        == record["estimatedclosedate"]
+            .as_str()
+            .and_then(|d| d.get(..10));
+    state_ok && value_ok && date_ok
+}
+
+/// The CRM side of the two-way run: the poll's stored state and counters.
+#[derive(Default)]
+struct CrmSide {
+    enabled: bool,
+    state: Mutex<Option<String>>,
+    stop: AtomicUsize,
+    runs: AtomicUsize,
+    overlaps: AtomicUsize,
+    failed_runs: AtomicUsize,
+    edits: AtomicUsize,
+    closes: AtomicUsize,
+}
+
+/// One CrmChanges invocation as the host makes it: the stored state in, the new state out
+/// (written only on success), poison entries to the host's poison list.
+async fn invoke_poll(
+    side: &CrmSide,
+    host: &Host,
+    client: &reqwest::Client,
+    url: &str,
+) -> Option<Value> {
+    let state = side.state.lock().unwrap().clone();
+    side.runs.fetch_add(1, Ordering::Relaxed);
+    let (status, answer) = post(client, url, timer_envelope("CrmChanges", state.as_deref())).await;
+    if !(200..300).contains(&status) {
+        side.failed_runs.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    if let Some(next) = answer["Outputs"]["watermarkOut"].as_str() {
+        *side.state.lock().unwrap() = Some(next.to_owned());
+    }
+    match answer["Outputs"].get("poison") {
+        Some(Value::Array(entries)) => host.poison.lock().unwrap().extend(entries.clone()),
+        Some(entry) => host.poison.lock().unwrap().push(entry.clone()),
+        None => {}
+    }
+    Some(answer)
+}
+
+/// The CrmChanges timer: a run every 500 ms, and every fifth time two overlapping runs (the
+/// host's singleton lease lost).
+async fn poll_timer(side: &CrmSide, host: &Host, client: &reqwest::Client, url: &str) {
+    let mut tick = 0usize;
+    while side.enabled && side.stop.load(Ordering::SeqCst) == 0 {
+        tick += 1;
+        if tick.is_multiple_of(5) {
+            side.overlaps.fetch_add(1, Ordering::Relaxed);
+            tokio::join!(
+                invoke_poll(side, host, client, url),
+                invoke_poll(side, host, client, url)
+            );
+        } else {
+            invoke_poll(side, host, client, url).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Sellers: every 40 ms one open linked opportunity gets a new value or close date, or (one
+/// time in ten, for at most a tenth of them) is won or lost.
+async fn seller(side: &CrmSide, dv: &testkit::fakes::FakeDataverse, seed: u64) {
+    let mut rng = Xorshift(seed.rotate_left(17) | 1);
+    while side.enabled && side.stop.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let open: Vec<String> = dv
+            .opportunities()
+            .into_iter()
+            .filter(|o| o["statecode"] == 0 && o[KEY_COLUMN].is_string())
+            .filter_map(|o| o["opportunityid"].as_str().map(str::to_owned))
+            .collect();
+        if open.is_empty() {
+            continue;
+        }
+        let id = &open[(rng.next() % open.len() as u64) as usize];
+        let total = dv.opportunities().len();
+        match rng.next() % 10 {
+            0 if side.closes.load(Ordering::Relaxed) < total / 10 => {
+                side.closes.fetch_add(1, Ordering::Relaxed);
+                if rng.next().is_multiple_of(2) {
+                    dv.set_opportunity_state(id, 1, 3);
+                } else {
+                    dv.set_opportunity_state(id, 2, 4);
+                }
+            }
+            n if n % 2 == 0 => {
+                side.edits.fetch_add(1, Ordering::Relaxed);
+                let value = 1000 * (1 + rng.next() % 500);
+                dv.set_opportunity_column(id, "estimatedvalue", json!(value));
+            }
+            _ => {
+                side.edits.fetch_add(1, Ordering::Relaxed);
+                let day = 1 + rng.next() % 28;
+                dv.set_opportunity_column(
+                    id,
+                    "estimatedclosedate",
+                    json!(format!("2027-05-{day:02}")),
+                );
+            }
+        }
+    }
 }
