@@ -12,7 +12,10 @@ use crate::{config::Settings, startup::Application, telemetry};
 pub mod backfill;
 pub mod check;
 pub mod login;
+pub mod poison;
+pub mod schedule;
 pub mod setup;
+pub mod status;
 pub mod sync;
 pub mod webhook;
 
@@ -76,6 +79,20 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
+    /// List or replay the entries of the poison queue (referral-sync-poison).
+    Poison {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: PoisonAction,
+    },
+    /// Queues, timer watermarks, poison reasons and the webhook on one screen; exits 1 when
+    /// something needs attention (for monitors).
+    Status {
+        /// The ReferralWebhook URL (with ?code=) the registration should point at, as given to
+        /// `webhook register`.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
     /// Prepare Dataverse: the referral-id column on lead and its alternate key.
     Setup {
         /// What to prepare.
@@ -113,6 +130,34 @@ pub enum WebhookAction {
         /// Pause between polls.
         #[arg(long, default_value = "5", value_parser = parse_seconds, value_name = "SECONDS", hide = true)]
         poll: Duration,
+    },
+}
+
+/// `poison` actions.
+#[derive(Debug, Subcommand)]
+pub enum PoisonAction {
+    /// Show the entries: message id, referral or CRM row, failed at, dequeue count, reason.
+    List,
+    /// Move entries back to referral-sync; each leaves the poison queue only once re-queued.
+    Replay {
+        /// Only the entry with this message id (from `poison list`), or those of this
+        /// referral id or CRM record id.
+        #[arg(
+            long,
+            value_name = "ID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        id: Option<String>,
+        /// Every entry.
+        #[arg(long)]
+        all: bool,
+        /// Print what would be re-queued, changing nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Seconds a taken entry stays invisible to other readers.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=3600), hide = true)]
+        visibility_timeout: u32,
     },
 }
 
@@ -179,6 +224,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             backfill::run(&settings, &options, out).await
         }
         Command::Check { url } => check::run(&settings, url.as_deref(), out).await,
+        Command::Poison { action } => match action {
+            PoisonAction::List => poison::list(&settings, out).await,
+            PoisonAction::Replay {
+                id,
+                all: _,
+                dry_run,
+                visibility_timeout,
+            } => {
+                let options = poison::ReplayOptions {
+                    selection: id.map_or(poison::Selection::All, poison::Selection::Id),
+                    dry_run,
+                    visibility_timeout,
+                };
+                poison::replay(&settings, &options, out).await
+            }
+        },
+        Command::Status { url } => status::run(&settings, url.as_deref(), out).await,
         Command::Setup {
             target: SetupTarget::Dataverse { timeout, poll },
         } => setup::dataverse(&settings, timeout, poll, out).await,
