@@ -220,6 +220,7 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
     // The poll runs every POLL_EVERY; a claim must outlast one create (2 × 1 s + 3 s).
     vars.insert("CRM_POLL_OVERLAP_SECONDS".into(), "2".into());
     vars.insert("CRM_SHARE_CLAIM_SECONDS".into(), "6".into());
+    vars.insert("CRM_POLL_CONCURRENCY".into(), "16".into());
     let mut settings = Settings::from_vars(&vars).expect("settings");
     settings.http.extra_root_pems = vec![fakes.root_pem(), certs.pki.root.cert_pem()];
     settings.sync.retry_min_delay = Duration::from_millis(50);
@@ -338,6 +339,7 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
         poll_timer(&crm_side, &host, &client, &crm_changes_url),
         seller(&crm_side, &fakes.dataverse, seed),
     );
+    let shared_under_faults = fakes.partner_center.created().len();
     fakes.partner_center.set_random_faults(None);
     fakes.dataverse.set_random_faults(None);
     fakes.entra.set_random_faults(None);
@@ -558,7 +560,7 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
             crm_side.closes.load(Ordering::Relaxed)
         );
         println!(
-            "  shared opportunities {}: one agreeing referral {shared_ok}, unshared {shared_missing}, duplicated {shared_duplicated}, disagreeing {shared_disagree}",
+            "  shared opportunities {}: one agreeing referral {shared_ok}, unshared {shared_missing}, duplicated {shared_duplicated}, disagreeing {shared_disagree}; {shared_under_faults} referrals created while the faults were on",
             shared.len()
         );
         println!(
@@ -649,13 +651,13 @@ async fn invoke_poll(
     Some(answer)
 }
 
-/// The CrmChanges timer: a run every 500 ms, and every fifth time two overlapping runs (the
-/// host's singleton lease lost).
+/// The CrmChanges timer: a run every 500 ms, and every third time (the first included) two
+/// overlapping runs (the host's singleton lease lost).
 async fn poll_timer(side: &CrmSide, host: &Host, client: &reqwest::Client, url: &str) {
     let mut tick = 0usize;
     while side.enabled && side.stop.load(Ordering::SeqCst) == 0 {
         tick += 1;
-        if tick.is_multiple_of(5) {
+        if tick % 3 == 1 {
             side.overlaps.fetch_add(1, Ordering::Relaxed);
             tokio::join!(
                 invoke_poll(side, host, client, url),

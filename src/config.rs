@@ -94,6 +94,22 @@ pub struct Settings {
     pub sync: SyncSettings,
     /// Outbound HTTP.
     pub http: HttpSettings,
+    /// What the operator commands `poison`, `status` and `check` read besides the APIs.
+    pub ops: OpsSettings,
+}
+
+/// The app's storage, its timer schedules and the host's queue message encoding.
+#[derive(Debug, Clone)]
+pub struct OpsSettings {
+    /// `AzureWebJobsStorage` (or its identity-based `AzureWebJobsStorage__*` form), or why it
+    /// is unusable; only these commands need it, so it never stops the handler.
+    pub storage: Result<crate::storage::StorageAccount, crate::storage::StorageConfigError>,
+    /// `CRM_POLL_SCHEDULE`, default `0 */1 * * * *`.
+    pub crm_poll_schedule: String,
+    /// `REFERRAL_RECONCILE_SCHEDULE`, default `0 30 3 * * *`.
+    pub reconcile_schedule: String,
+    /// host.json `extensions.queues.messageEncoding` (or the host's app setting override).
+    pub message_encoding: crate::storage::MessageEncoding,
 }
 
 /// How callbacks are authenticated.
@@ -232,6 +248,11 @@ impl Settings {
             && let Some(count) = host_json_max_dequeue_count(host_json)
         {
             vars.insert(HOST_MAX_DEQUEUE_COUNT.to_owned(), count);
+        }
+        if !vars.contains_key(HOST_MESSAGE_ENCODING)
+            && let Some(encoding) = host_json_queues_value(host_json, "messageEncoding")
+        {
+            vars.insert(HOST_MESSAGE_ENCODING.to_owned(), encoding);
         }
         Self::from_vars(&vars)
     }
@@ -457,6 +478,26 @@ impl Settings {
                 ),
             });
         }
+        let ops = OpsSettings {
+            storage: crate::storage::StorageAccount::from_settings(|name| {
+                raw(name).map(str::to_owned)
+            }),
+            crm_poll_schedule: get("CRM_POLL_SCHEDULE")?
+                .unwrap_or_else(|| "0 */1 * * * *".to_owned()),
+            reconcile_schedule: get("REFERRAL_RECONCILE_SCHEDULE")?
+                .unwrap_or_else(|| "0 30 3 * * *".to_owned()),
+            message_encoding: match get(HOST_MESSAGE_ENCODING)? {
+                None => crate::storage::MessageEncoding::default(),
+                Some(raw) => crate::storage::MessageEncoding::parse(&raw).ok_or_else(|| {
+                    ConfigError::Invalid {
+                        name: HOST_MESSAGE_ENCODING,
+                        reason: format!(
+                            "`{raw}` is not base64 or none (host.json extensions.queues.messageEncoding)"
+                        ),
+                    }
+                })?,
+            },
+        };
         Ok(Self {
             port,
             webhook,
@@ -464,6 +505,7 @@ impl Settings {
             dataverse,
             sync,
             http,
+            ops,
         })
     }
 }
@@ -503,6 +545,18 @@ fn parse_link_template(template: &str) -> Result<String, ConfigError> {
 
 /// The host's own override of host.json `extensions.queues.maxDequeueCount` (an app setting).
 const HOST_MAX_DEQUEUE_COUNT: &str = "AzureFunctionsJobHost__extensions__queues__maxDequeueCount";
+
+/// The host's own override of host.json `extensions.queues.messageEncoding`.
+const HOST_MESSAGE_ENCODING: &str = "AzureFunctionsJobHost__extensions__queues__messageEncoding";
+
+/// A string `extensions.queues.<name>` of a host.json, when the file is there and sets it.
+fn host_json_queues_value(path: &std::path::Path, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let host: serde_json::Value = serde_json::from_str(&text).ok()?;
+    host.pointer(&format!("/extensions/queues/{name}"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+}
 
 /// `extensions.queues.maxDequeueCount` of a host.json, when the file is there and sets it.
 fn host_json_max_dequeue_count(path: &std::path::Path) -> Option<String> {
@@ -1044,6 +1098,50 @@ mod tests {
             err.contains("SYNC_MAX_DEQUEUE_COUNT") && err.contains("maxDequeueCount 3"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn storage_schedules_and_message_encoding_for_the_operator_commands() {
+        let defaults = Settings::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(defaults.ops.crm_poll_schedule, "0 */1 * * * *");
+        assert_eq!(defaults.ops.reconcile_schedule, "0 30 3 * * *");
+        assert_eq!(
+            defaults.ops.message_encoding,
+            crate::storage::MessageEncoding::Base64
+        );
+        assert_eq!(
+            defaults.ops.storage.unwrap_err(),
+            crate::storage::StorageConfigError::NotSet
+        );
+        let bad = Settings::from_vars(&vars(&[("AzureWebJobsStorage", "AccountName=x")]))
+            .expect("an unusable storage setting does not stop the handler");
+        assert!(bad.ops.storage.is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let host_json = dir.path().join("host.json");
+        std::fs::write(
+            &host_json,
+            r#"{"version": "2.0", "extensions": {"queues": {"messageEncoding": "none"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            host_json_queues_value(&host_json, "messageEncoding").as_deref(),
+            Some("none")
+        );
+        let set = Settings::from_vars(&vars(&[
+            ("AzureWebJobsStorage", "UseDevelopmentStorage=true"),
+            ("CRM_POLL_SCHEDULE", "0 */5 * * * *"),
+            (HOST_MESSAGE_ENCODING, "none"),
+        ]))
+        .unwrap();
+        assert!(set.ops.storage.unwrap().is_local());
+        assert_eq!(set.ops.crm_poll_schedule, "0 */5 * * * *");
+        assert_eq!(
+            set.ops.message_encoding,
+            crate::storage::MessageEncoding::None
+        );
+        let err = Settings::from_vars(&vars(&[(HOST_MESSAGE_ENCODING, "utf8")])).unwrap_err();
+        assert!(err.to_string().contains("messageEncoding"), "{err}");
     }
 
     #[test]

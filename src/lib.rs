@@ -16,6 +16,7 @@ pub mod mapping;
 pub mod partner_center;
 pub mod routes;
 pub mod startup;
+pub mod storage;
 pub mod sync;
 pub mod telemetry;
 pub mod tokens;

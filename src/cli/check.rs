@@ -1,5 +1,5 @@
 //! `check`: verifies the configuration end to end without writing anything. Each line is a
-//! pass or a failure with its fix.
+//! pass, a failure with its fix, or a note (the timer watermarks when there are none yet).
 
 use std::io::Write;
 
@@ -7,6 +7,7 @@ use azure_core::credentials::TokenCredential;
 
 use super::{
     mask_url,
+    status::{self, Freshness, Reading},
     webhook::{missing_referral_events, registered_url},
 };
 use crate::{
@@ -16,6 +17,7 @@ use crate::{
         dataverse::{self, DataverseClient},
     },
     partner_center::{ListQuery, PartnerCenterClient},
+    storage::{StorageClient, StorageConfigError, StorageError},
     tokens::PARTNER_CENTER_SCOPE,
 };
 
@@ -34,6 +36,11 @@ impl<W: Write> Report<'_, W> {
     fn fail(&mut self, what: &str, problem: &str, fix: &str) -> std::io::Result<()> {
         self.failed += 1;
         writeln!(self.out, "FAIL  {what}: {problem}\n      fix: {fix}")
+    }
+
+    /// Something worth knowing that is neither a pass nor a failure.
+    fn note(&mut self, what: &str, detail: &str) -> std::io::Result<()> {
+        writeln!(self.out, "NOTE  {what}: {detail}")
     }
 }
 
@@ -99,6 +106,7 @@ pub async fn run(
         Err(e) => report.fail("Dataverse", &e.to_string(), "set DATAVERSE_URL and AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET (or use a managed identity)")?,
         Ok(client) => check_dataverse(&mut report, &client, settings).await?,
     }
+    check_watermarks(&mut report, settings).await?;
     writeln!(
         report.out,
         "{} passed, {} failed",
@@ -192,6 +200,56 @@ async fn check_dataverse<W: Write>(
                 &format!("{name} lacks {}", missing.join(", ")),
                 "run `referral-connector setup dataverse`",
             )?;
+        }
+    }
+    Ok(())
+}
+
+/// Both timer watermarks and their age, read as `status` reads them. A missing blob (the timer
+/// never ran) and local development storage that is not running are noted, not failed.
+async fn check_watermarks<W: Write>(
+    report: &mut Report<'_, W>,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let client = match StorageClient::from_settings(settings) {
+        Ok(client) => client,
+        Err(StorageError::Config(StorageConfigError::NotSet)) => {
+            report.note(
+                "Timer watermarks",
+                "not read: AzureWebJobsStorage is not set here",
+            )?;
+            return Ok(());
+        }
+        Err(e) => {
+            report.fail(
+                "Timer watermarks",
+                &e.to_string(),
+                "set AzureWebJobsStorage to the Function App's storage connection string",
+            )?;
+            return Ok(());
+        }
+    };
+    let local = client.account().is_local();
+    for watermark in status::watermarks(&client, settings, time::OffsetDateTime::now_utc()).await {
+        let what = format!("{} watermark", watermark.timer.name());
+        let line = watermark.describe();
+        match &watermark.freshness {
+            Freshness::Fresh { .. } => report.pass(&what, &line)?,
+            Freshness::NeverRan => report.note(&what, &line)?,
+            Freshness::Unknown(_)
+                if local && matches!(watermark.reading, Reading::Unreadable(_)) =>
+            {
+                report.note(&what, &format!("{line} (local development storage)"))?
+            }
+            Freshness::Stale { .. } | Freshness::Unknown(_) => report.fail(
+                &what,
+                &line,
+                &format!(
+                    "check the {} function's invocations and logs in the Function App, and {}",
+                    watermark.timer.name(),
+                    watermark.timer.setting()
+                ),
+            )?,
         }
     }
     Ok(())

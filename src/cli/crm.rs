@@ -92,6 +92,31 @@ pub async fn backfill(
     Ok(outcome.failed == 0)
 }
 
+/// The state the next CrmChanges run starts from: its watermark blob in the app's storage
+/// account (none yet: the first run reads a day back).
+pub async fn stored_state(settings: &Settings) -> anyhow::Result<PollState> {
+    let read = async {
+        let client = crate::storage::StorageClient::from_settings(settings)?;
+        client
+            .blob_text(
+                crate::storage::WATERMARK_CONTAINER,
+                super::status::Timer::CrmChanges.blob(),
+            )
+            .await
+    };
+    match read.await {
+        Ok(None) => Ok(PollState::default()),
+        Ok(Some(blob)) => serde_json::from_str(&blob.text).map_err(|e| {
+            anyhow::anyhow!(
+                "the CrmChanges watermark blob is not readable ({e}); pass --since DATE"
+            )
+        }),
+        Err(e) => Err(anyhow::anyhow!(
+            "could not read the CrmChanges watermark: {e}; pass --since DATE to preview without it"
+        )),
+    }
+}
+
 /// `crm-changes --dry-run`: what a CrmChanges run from `state` would send.
 pub async fn dry_run(
     settings: &Settings,

@@ -13,7 +13,10 @@ pub mod backfill;
 pub mod check;
 pub mod crm;
 pub mod login;
+pub mod poison;
+pub mod schedule;
 pub mod setup;
+pub mod status;
 pub mod sync;
 pub mod webhook;
 
@@ -84,13 +87,28 @@ pub enum Command {
         /// Required: this command only previews.
         #[arg(long, required = true)]
         dry_run: bool,
-        /// Read records changed since this date or time (UTC) instead of the last day.
+        /// Read records changed since this date or time (UTC) instead of from the stored
+        /// watermark.
         #[arg(long, value_name = "DATE")]
         since: Option<String>,
     },
     /// Verify the whole configuration without writing anything.
     Check {
         /// The webhook URL the registration should point at.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
+    /// List or replay the entries of the poison queue (referral-sync-poison).
+    Poison {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: PoisonAction,
+    },
+    /// Queues, timer watermarks, poison reasons and the webhook on one screen; exits 1 when
+    /// something needs attention (for monitors).
+    Status {
+        /// The ReferralWebhook URL (with ?code=) the registration should point at, as given to
+        /// `webhook register`.
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
@@ -131,6 +149,34 @@ pub enum WebhookAction {
         /// Pause between polls.
         #[arg(long, default_value = "5", value_parser = parse_seconds, value_name = "SECONDS", hide = true)]
         poll: Duration,
+    },
+}
+
+/// `poison` actions.
+#[derive(Debug, Subcommand)]
+pub enum PoisonAction {
+    /// Show the entries: message id, referral or CRM row, failed at, dequeue count, reason.
+    List,
+    /// Move entries back to referral-sync; each leaves the poison queue only once re-queued.
+    Replay {
+        /// Only the entry with this message id (from `poison list`), or those of this
+        /// referral id or CRM record id.
+        #[arg(
+            long,
+            value_name = "ID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        id: Option<String>,
+        /// Every entry.
+        #[arg(long)]
+        all: bool,
+        /// Print what would be re-queued, changing nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Seconds a taken entry stays invisible to other readers.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=3600), hide = true)]
+        visibility_timeout: u32,
     },
 }
 
@@ -197,12 +243,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             crm::backfill(&settings, since, usize::from(concurrency), dry_run, out).await
         }
         Command::CrmChanges { since, .. } => {
-            let state = crate::sync::to_partner_center::PollState {
-                since: since
-                    .map(|s| backfill::parse_date(&s, "--since"))
-                    .transpose()?
-                    .map(|t| crate::sync::utc_seconds(t + settings.sync.poll.overlap)),
-                failures: Default::default(),
+            let state = match since {
+                Some(since) => crate::sync::to_partner_center::PollState {
+                    since: Some(crate::sync::utc_seconds(
+                        backfill::parse_date(&since, "--since")? + settings.sync.poll.overlap,
+                    )),
+                    failures: Default::default(),
+                },
+                None => crm::stored_state(&settings).await?,
             };
             crm::dry_run(&settings, &state, out).await
         }
@@ -222,6 +270,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             backfill::run(&settings, &options, out).await
         }
         Command::Check { url } => check::run(&settings, url.as_deref(), out).await,
+        Command::Poison { action } => match action {
+            PoisonAction::List => poison::list(&settings, out).await,
+            PoisonAction::Replay {
+                id,
+                all: _,
+                dry_run,
+                visibility_timeout,
+            } => {
+                let options = poison::ReplayOptions {
+                    selection: id.map_or(poison::Selection::All, poison::Selection::Id),
+                    dry_run,
+                    visibility_timeout,
+                };
+                poison::replay(&settings, &options, out).await
+            }
+        },
+        Command::Status { url } => status::run(&settings, url.as_deref(), out).await,
         Command::Setup {
             target: SetupTarget::Dataverse { timeout, poll },
         } => setup::dataverse(&settings, timeout, poll, out).await,
