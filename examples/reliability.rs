@@ -651,13 +651,13 @@ async fn invoke_poll(
     Some(answer)
 }
 
-/// The CrmChanges timer: a run every 500 ms, and every third time (the first included) two
+/// The CrmChanges timer: a run every 500 ms; two times in three (the first included) two
 /// overlapping runs (the host's singleton lease lost).
 async fn poll_timer(side: &CrmSide, host: &Host, client: &reqwest::Client, url: &str) {
     let mut tick = 0usize;
     while side.enabled && side.stop.load(Ordering::SeqCst) == 0 {
         tick += 1;
-        if tick % 3 == 1 {
+        if tick % 3 != 0 {
             side.overlaps.fetch_add(1, Ordering::Relaxed);
             tokio::join!(
                 invoke_poll(side, host, client, url),
