@@ -657,7 +657,7 @@ async fn poll_timer(side: &CrmSide, host: &Host, client: &reqwest::Client, url: 
     let mut tick = 0usize;
     while side.enabled && side.stop.load(Ordering::SeqCst) == 0 {
         tick += 1;
-        if tick % 3 != 0 {
+        if !tick.is_multiple_of(3) {
             side.overlaps.fetch_add(1, Ordering::Relaxed);
             tokio::join!(
                 invoke_poll(side, host, client, url),

@@ -2,7 +2,8 @@
 # Reliability run: 10,000 referral events with duplicates and reorderings through the webhook,
 # a host-like queue and the sync, with 20 % injected faults (429 + Retry-After, 503, timeouts,
 # connection resets) on loopback fakes. Prints counts; exits non-zero on any loss or duplicate.
-#   scripts/reliability.sh [events] [fault-rate] [seed]
+#   scripts/reliability.sh [--target lead|opportunity | --two-way] [events] [fault-rate] [seed]
+# --two-way: sellers share, edit and close opportunities while Partner Center changes referrals.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d ../shared ] || { echo "../shared (the reference material) must sit beside this checkout" >&2; exit 1; }
 
-scripts/install-deps.sh
+# Azurite too: the poison and status tests run against it.
+scripts/install-deps.sh --azurite
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
