@@ -160,7 +160,20 @@ async fn a_shared_opportunity_becomes_exactly_one_referral_and_nothing_is_writte
 #[tokio::test]
 async fn what_partner_center_would_refuse_is_refused_before_any_request_with_the_fix() {
     type Change = fn(&World);
-    let cases: [(&str, Change, &str); 6] = [
+    let cases: [(&str, Change, &str); 7] = [
+        (
+            "no country",
+            |w| {
+                let account = w.row()["_parentaccountid_value"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                w.fakes
+                    .dataverse
+                    .set_account_column(&account, "address1_country", Value::Null);
+            },
+            "the account has no country",
+        ),
         (
             "country not ISO",
             |w| {

@@ -67,32 +67,36 @@ impl World {
 }
 
 #[tokio::test]
-async fn an_opportunity_won_in_dynamics_closes_its_referral_once_and_then_nothing_loops() {
-    let w = World::start(&[]).await;
-    w.fakes
-        .dataverse
-        .set_opportunity_state(&w.opportunity_id(), 1, 3);
-    let (status, answer, state) = w.run(None).await;
-    assert_eq!(status, 200, "{answer}");
-    let r = w.referral();
-    assert_eq!(
-        (r["status"].as_str(), r["substatus"].as_str()),
-        (Some("Closed"), Some("Won"))
-    );
-    assert!(
-        answer["Logs"][0]
-            .as_str()
-            .unwrap()
-            .contains("1 synced (1 with changes)"),
-        "{answer}"
-    );
-    let state = state.expect("the state is written");
-    let writes = w.writes();
-    // The same run again, and the next run, read the record (overlap) and write nothing.
-    for _ in 0..2 {
-        let (status, answer, _) = w.run(Some(&state)).await;
+async fn an_opportunity_won_or_lost_in_dynamics_closes_its_referral_once_and_then_nothing_loops() {
+    let cases = [(1, 3, "Won", None), (2, 5, "Lost", Some("Out-Sold"))];
+    for (statecode, statuscode, substatus, reason) in cases {
+        let w = World::start(&[]).await;
+        w.fakes
+            .dataverse
+            .set_opportunity_state(&w.opportunity_id(), statecode, statuscode);
+        let (status, answer, state) = w.run(None).await;
         assert_eq!(status, 200, "{answer}");
-        assert_eq!(w.writes(), writes, "nothing written anywhere");
+        let r = w.referral();
+        assert_eq!(
+            (r["status"].as_str(), r["substatus"].as_str()),
+            (Some("Closed"), Some(substatus))
+        );
+        assert_eq!(r["statusReason"].as_str(), reason, "{r}");
+        assert!(
+            answer["Logs"][0]
+                .as_str()
+                .unwrap()
+                .contains("1 synced (1 with changes)"),
+            "{answer}"
+        );
+        let state = state.expect("the state is written");
+        let writes = w.writes();
+        // The same run again, and the next run, read the record (overlap) and write nothing.
+        for input in [None, Some(state.as_str())] {
+            let (status, answer, _) = w.run(input).await;
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(w.writes(), writes, "nothing written anywhere ({substatus})");
+        }
     }
 }
 
