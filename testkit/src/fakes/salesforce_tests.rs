@@ -241,7 +241,7 @@ async fn salesforce_jwt_bearer_grant_and_its_errors() {
         (
             jwt(&claims(&|_| {}), KeySlot::Other),
             "invalid_grant",
-            "invalid signature",
+            "invalid assertion",
         ),
         (
             jwt(
@@ -1085,6 +1085,7 @@ async fn salesforce_limit_info_counts_rest_calls() {
         .expect("ascii")
         .to_owned();
     assert!(date.ends_with(" GMT"), "{date}");
+    assert_eq!(resp.headers().get_all("date").iter().count(), 1);
     let resp = soql(&sf, &t, "SELECT Id FROM Lead").await;
     assert_eq!(usage(&resp).as_deref(), Some("api-usage=2/100000"));
     assert_eq!(sf.api_usage(), 2);
