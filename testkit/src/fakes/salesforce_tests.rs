@@ -1164,3 +1164,81 @@ async fn salesforce_injected_faults_have_salesforce_bodies() {
     assert_eq!(resp.status(), StatusCode::OK, "the retry is an update");
     assert_eq!(sf.requests_matching("PATCH", "ref-f").len(), 4);
 }
+
+#[tokio::test]
+async fn salesforce_reads_by_external_id_query_options_and_query_all() {
+    let (sf, t) = org().await;
+    let id = sf.insert(
+        "Lead",
+        json!({"LastName": "Doe", "Company": "C", REFERRAL_ID_FIELD: "ref-r"}),
+    );
+    let resp = call(
+        &sf,
+        &t,
+        "GET",
+        &format!("/sobjects/Lead/{REFERRAL_ID_FIELD}/ref-r?fields=Id,IsConverted"),
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let rec = json_of(resp).await;
+    assert_eq!(rec["Id"], id);
+    assert_eq!(rec["IsConverted"], false);
+    assert!(rec.get("Company").is_none());
+    let resp = call(
+        &sf,
+        &t,
+        "GET",
+        &format!("/sobjects/Lead/{REFERRAL_ID_FIELD}/nobody"),
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // 15-character ids are accepted.
+    let resp = call(
+        &sf,
+        &t,
+        "GET",
+        &format!("/sobjects/Lead/{}", &id[..15]),
+        None,
+    )
+    .await;
+    assert_eq!(json_of(resp).await["Id"], id);
+
+    for i in 0..250 {
+        sf.insert("Contact", json!({"LastName": format!("C{i:03}")}));
+    }
+    let resp = client()
+        .get(with_q(
+            sf.url(&format!("{V}/query")),
+            "SELECT Id FROM Contact",
+        ))
+        .bearer_auth(&t)
+        .header("Sforce-Query-Options", "batchSize=200")
+        .send()
+        .await
+        .expect("send");
+    let body = json_of(resp).await;
+    assert_eq!(body["records"].as_array().map(Vec::len), Some(200));
+    assert!(
+        body["nextRecordsUrl"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("-200"))
+    );
+
+    sf.delete(&id);
+    let q = "SELECT Id, IsDeleted FROM Lead";
+    let body = json_of(soql(&sf, &t, q).await).await;
+    assert_eq!(body["totalSize"], 0);
+    let resp = client()
+        .get(with_q(sf.url(&format!("{V}/queryAll")), q))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect("send");
+    let body = json_of(resp).await;
+    assert_eq!(body["totalSize"], 1);
+    assert_eq!(body["records"][0]["IsDeleted"], true);
+    let resp = call(&sf, &t, "GET", &format!("/sobjects/Lead/{id}"), None).await;
+    assert_eq!(error_code(&json_of(resp).await), "ENTITY_IS_DELETED");
+}
