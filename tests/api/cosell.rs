@@ -535,3 +535,38 @@ async fn a_record_message_on_the_sync_queue_runs_the_record_as_crm_changes_would
     assert_eq!(w.fakes.partner_center.created().len(), 1, "{answer}");
     assert!(!w.row()["new_partnercenterreferralid"].is_null());
 }
+
+#[tokio::test]
+async fn a_share_costs_one_partner_center_request_and_six_dataverse_requests_after_the_poll_query()
+{
+    let w = World::start(&[]).await;
+    w.fakes.dataverse.clear_requests();
+    w.fakes.partner_center.clear_requests();
+    let (status, answer, _) = w.run(None).await;
+    assert_eq!(status, 200, "{answer}");
+    let pc: Vec<String> = w
+        .fakes
+        .partner_center
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        pc,
+        ["POST /v1.0/engagements/referrals"],
+        "no listing without a claim"
+    );
+    let dv: Vec<String> = w
+        .fakes
+        .dataverse
+        .requests()
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
+    // The poll query, the opportunity's lookups, account, contact, currency, the claim, the link.
+    assert_eq!(
+        dv,
+        ["GET", "GET", "GET", "GET", "GET", "PATCH", "PATCH"],
+        "{dv:?}"
+    );
+}
