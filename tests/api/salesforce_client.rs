@@ -308,6 +308,11 @@ async fn upsert_answers_created_updated_and_multiple() {
             .expect("read")
             .is_none()
     );
+    let error = client
+        .get_by_external_id("Lead", "No_Such_Field__c", REFERRAL, &["Id"])
+        .await
+        .expect_err("an unknown external-id field is not \"no record\"");
+    assert!(error.to_string().contains("No_Such_Field__c"), "{error}");
     let record = client
         .get_record("Lead", &id, &["Id", "LastName"])
         .await

@@ -303,7 +303,7 @@ impl SalesforceClient {
 
     /// The record of `object` whose external-id `field` holds `value`, with `fields`; `None`
     /// when there is none, [`SalesforceError::MultipleMatches`] when there are several.
-    #[tracing::instrument(skip_all, fields(object))]
+    #[tracing::instrument(skip_all, fields(object = %object))]
     pub async fn get_by_external_id(
         &self,
         object: &str,
@@ -328,7 +328,9 @@ impl SalesforceClient {
             )
             .await;
         match answer {
-            Err(e) if e.is_not_found() => Ok(None),
+            // The same 404 NOT_FOUND also means the field is not an external id the
+            // integration user can see: that is an error, not "no record".
+            Err(e) if e.is_not_found() && !names_missing_external_id(&e) => Ok(None),
             Err(e) => Err(e),
             Ok(a) if a.status == StatusCode::MULTIPLE_CHOICES => {
                 Err(SalesforceError::MultipleMatches {
@@ -341,7 +343,7 @@ impl SalesforceClient {
     }
 
     /// The record `id` of `object` with `fields`; `None` when it does not exist.
-    #[tracing::instrument(skip_all, fields(object))]
+    #[tracing::instrument(skip_all, fields(object = %object))]
     pub async fn get_record(
         &self,
         object: &str,
@@ -404,7 +406,7 @@ impl SalesforceClient {
     /// `PATCH …/sobjects/{object}/{field}/{value}` with `body` (which must hold neither `Id`
     /// nor `field`) and the extra `headers` (e.g. `Sforce-Auto-Assign: FALSE`). Idempotent,
     /// so transient failures are retried.
-    #[tracing::instrument(skip_all, fields(object))]
+    #[tracing::instrument(skip_all, fields(object = %object))]
     pub async fn upsert(
         &self,
         object: &str,
@@ -450,7 +452,7 @@ impl SalesforceClient {
 
     /// Creates a record of `object` (`POST …/sobjects/{object}`) and returns its id. Not
     /// retried in-process except after 429: a lost answer may hide a record that was made.
-    #[tracing::instrument(skip_all, fields(object))]
+    #[tracing::instrument(skip_all, fields(object = %object))]
     pub async fn create(
         &self,
         object: &str,
@@ -477,7 +479,7 @@ impl SalesforceClient {
     }
 
     /// Updates record `id` of `object` (`PATCH …/sobjects/{object}/{id}`) with `body`.
-    #[tracing::instrument(skip_all, fields(object))]
+    #[tracing::instrument(skip_all, fields(object = %object))]
     pub async fn update(
         &self,
         object: &str,
@@ -500,7 +502,7 @@ impl SalesforceClient {
     }
 
     /// `GET …/sobjects/{object}/describe`: the fields the integration user can see.
-    #[tracing::instrument(skip_all, fields(object))]
+    #[tracing::instrument(skip_all, fields(object = %object))]
     pub async fn describe(&self, object: &str) -> Result<Value, SalesforceError> {
         let url = self.sobject_url(&[object, "describe"])?;
         self.call(
@@ -751,6 +753,11 @@ impl SalesforceClient {
             *lock(&self.inner.server_time) = Some(date);
         }
     }
+}
+
+/// Whether a 404 says the external-id field is unknown or hidden, rather than no record.
+fn names_missing_external_id(error: &SalesforceError) -> bool {
+    matches!(error, SalesforceError::Api { message, .. } if message.contains("external ID field"))
 }
 
 /// Keeps `error` for the caller and tells the retry policy whether to try again now: a

@@ -350,10 +350,16 @@ mod tests {
         assert!(!debug.contains("s3cret-value"), "{debug}");
     }
 
+    /// (overrides, `Ok` or the setting the error names, a word the message contains)
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        Result<(), &'static str>,
+        &'static str,
+    );
+
     #[test]
     fn settings_table() {
-        // (overrides, Ok or the setting named in the error, a word the message contains)
-        let cases: &[(&[(&'static str, &'static str)], Result<(), &str>, &str)] = &[
+        let cases: &[Case] = &[
             (
                 &[("SALESFORCE_URL", "")],
                 Err("SALESFORCE_URL"),
