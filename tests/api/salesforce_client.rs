@@ -280,6 +280,32 @@ async fn upsert_answers_created_updated_and_multiple() {
         [Some("FALSE".to_owned()), Some("FALSE".to_owned())]
     );
 
+    let error = client
+        .upsert_update_only(
+            "Lead",
+            REFERRAL_ID_FIELD,
+            "no-such-referral",
+            &lead("X"),
+            &[],
+        )
+        .await
+        .expect_err("update-only creates nothing");
+    assert!(error.is_not_found() && !error.is_transient(), "{error}");
+    assert!(
+        sf.find_by_referral_id("Lead", "no-such-referral")
+            .is_empty()
+    );
+    let updated = client
+        .upsert_update_only("Lead", REFERRAL_ID_FIELD, REFERRAL, &lead("Third"), &[])
+        .await
+        .expect("update-only update");
+    assert_eq!(updated, UpsertOutcome::Updated { id: None });
+    assert!(
+        sf.requests_matching("PATCH", "/sobjects/Lead/")
+            .iter()
+            .any(|r| r.query_value("updateOnly").as_deref() == Some("true"))
+    );
+
     let mut twin = lead("Twin");
     twin[REFERRAL_ID_FIELD] = json!(REFERRAL);
     let twin_id = sf.insert("Lead", twin);

@@ -415,7 +415,40 @@ impl SalesforceClient {
         body: &Value,
         headers: &[(&str, &str)],
     ) -> Result<UpsertOutcome, SalesforceError> {
-        let url = self.sobject_url(&[object, field, value])?;
+        self.upsert_with(object, field, value, body, headers, false)
+            .await
+    }
+
+    /// [`upsert`](Self::upsert) with `?updateOnly=true` (v61.0+): updates the one record
+    /// with the value and never creates one. What Salesforce answers when none matches is
+    /// not confirmed against a live org (the fake answers 404 `NOT_FOUND`, see
+    /// [`SalesforceError::is_not_found`]).
+    #[tracing::instrument(skip_all, fields(object = %object))]
+    pub async fn upsert_update_only(
+        &self,
+        object: &str,
+        field: &str,
+        value: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Result<UpsertOutcome, SalesforceError> {
+        self.upsert_with(object, field, value, body, headers, true)
+            .await
+    }
+
+    async fn upsert_with(
+        &self,
+        object: &str,
+        field: &str,
+        value: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+        update_only: bool,
+    ) -> Result<UpsertOutcome, SalesforceError> {
+        let mut url = self.sobject_url(&[object, field, value])?;
+        if update_only {
+            url.query_pairs_mut().append_pair("updateOnly", "true");
+        }
         let answer = self
             .call(
                 "upsert",
