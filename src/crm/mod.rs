@@ -15,6 +15,7 @@ use crate::{
 };
 
 pub mod dataverse;
+pub mod salesforce;
 
 /// The CRM adapter the settings describe (Dataverse; Salesforce will be chosen here too), with
 /// its client and credential. Fails naming the first missing or unusable setting.

@@ -10,6 +10,7 @@ mod opportunity;
 mod poison;
 mod reconcile;
 mod referral_sync;
+mod salesforce_client;
 mod schemas;
 mod status;
 mod webhook;
