@@ -9,6 +9,7 @@
 #   scripts/dev.sh              build, then func start (or the stand-in host); Ctrl-C stops all
 #   scripts/dev.sh --tour-only  the stand-in host and services, the tour, then exit (CI runs it)
 #   scripts/dev.sh --no-func    build and run Azurite only (e.g. to drive the handler yourself)
+#   HANDLER_BIN=path            the stand-in run uses that handler instead of a release build
 # Safe to run again: nothing is rebuilt or reinstalled that is up to date, and an existing
 # local.settings.json is never overwritten.
 set -euo pipefail
@@ -20,18 +21,25 @@ for arg in "$@"; do
   case "$arg" in
     --no-func) want_func=false ;;
     --tour-only) tour_only=true ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
 
 scripts/install-deps.sh --azurite
 
-echo "== cargo build --release"
-cargo build --release --bin referral-connector
-# ./handler is what host.json's defaultExecutablePath names; it is gitignored.
-install -m 0755 target/release/referral-connector handler.tmp
-mv -f handler.tmp handler
+if [ -n "${HANDLER_BIN:-}" ] && { $tour_only || ! command -v func >/dev/null 2>&1; }; then
+  # The stand-in run with an already built handler (scripts/e2e.sh: the debug or musl build).
+  handler_path=$(realpath "$HANDLER_BIN")
+  echo "== HANDLER_BIN=$handler_path: no release build"
+else
+  echo "== cargo build --release"
+  cargo build --release --bin referral-connector
+  # ./handler is what host.json's defaultExecutablePath names; it is gitignored.
+  install -m 0755 target/release/referral-connector handler.tmp
+  mv -f handler.tmp handler
+  handler_path="$PWD/handler"
+fi
 
 if [ ! -f local.settings.json ]; then
   cp local.settings.json.example local.settings.json
@@ -56,7 +64,7 @@ EOF
   fi
   echo "== cargo build -p testkit --bin standins (the stand-in host and services; not in the release binary)"
   cargo build -p testkit --bin standins
-  args=(--handler "$PWD/handler" --app-root "$PWD" --handler-log "$PWD/target/standins/handler.log")
+  args=(--handler "$handler_path" --app-root "$PWD" --handler-log "$PWD/target/standins/handler.log")
   if $tour_only; then
     # Always the stand-ins (the example has no tenant), on a free port (7071 may be taken).
     args+=(--tour-only --settings local.settings.json.example --port 0)

@@ -297,8 +297,18 @@ fn front_routes(
                 let id = new_referral(&standins, &name);
                 let answer = signed_callback(&host, &handler, &standins, &id).await;
                 let res = &answer["Outputs"]["res"];
+                let (pc, dv) = (&standins.sync.partner_center, &standins.sync.dataverse);
+                let lead = wait_for("the lead", || {
+                    dv.lead(&id).filter(|_| {
+                        pc.referral(&id)
+                            .is_some_and(|r| r["externalReferenceId"] != "")
+                    })
+                })
+                .await
+                .unwrap_or_else(|e| json!(e));
                 let reply = json!({"referralId": id, "status": res["statusCode"],
-                                   "answer": res["body"]});
+                                   "answer": res["body"], "lead": lead,
+                                   "referral": pc.referral(&id)});
                 Response::builder()
                     .header("Content-Type", "application/json")
                     .body(reply.to_string().into())

@@ -56,9 +56,20 @@ async fn demo(args: &[String]) -> ExitCode {
     let answer = reqwest::Client::new().post(endpoint).send().await;
     match answer {
         Ok(response) if response.status().is_success() => {
-            let text = response.text().await.unwrap_or_default();
-            println!("sent a signed referral-created callback for {name:?}: {text}");
-            println!("the lead appears in the Dataverse stand-in within a second or two");
+            let reply: serde_json::Value = response.json().await.unwrap_or_default();
+            println!(
+                "sent a signed referral-created callback for referral {} ({name}) → {} {}",
+                reply["referralId"],
+                reply["status"],
+                reply["answer"].as_str().unwrap_or_default()
+            );
+            println!("lead in the Dataverse stand-in: {}", reply["lead"]);
+            println!(
+                "referral in the Partner Center stand-in: externalReferenceId={}, status={}/{}",
+                reply["referral"]["externalReferenceId"],
+                reply["referral"]["status"],
+                reply["referral"]["substatus"]
+            );
             ExitCode::SUCCESS
         }
         Ok(response) => {
@@ -104,7 +115,7 @@ async fn run(args: &[String]) -> ExitCode {
         return ExitCode::from(2);
     }
     println!(
-        "== a LOCAL STAND-IN for the Azure Functions host (Core Tools are not installed): the handler runs under \
+        "== a LOCAL STAND-IN for the Azure Functions host, not the host itself: the handler runs under \
          the same host emulation the end-to-end test uses — Azurite queues and blobs, the host's envelopes, \
          redelivery, poison after maxDequeueCount, timers on a simple schedule loop"
     );
