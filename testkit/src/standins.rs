@@ -507,3 +507,51 @@ pub async fn tour(running: &Running, say: &(dyn Fn(String) + Sync)) -> Result<To
         shared_referral_id,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_needs_the_refresh_token_and_the_dataverse_url() {
+        let settings = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let example = settings(&[
+            ("PARTNER_CENTER_REFRESH_TOKEN", ""),
+            ("DATAVERSE_URL", "https://contoso.crm.dynamics.com"),
+        ]);
+        assert_eq!(
+            missing_tenant(&example).as_deref(),
+            Some("PARTNER_CENTER_REFRESH_TOKEN empty")
+        );
+        assert_eq!(
+            missing_tenant(&settings(&[])).as_deref(),
+            Some("PARTNER_CENTER_REFRESH_TOKEN and DATAVERSE_URL empty")
+        );
+        let configured = settings(&[
+            ("PARTNER_CENTER_REFRESH_TOKEN", "token"),
+            ("DATAVERSE_URL", "https://contoso.crm.dynamics.com"),
+        ]);
+        assert_eq!(missing_tenant(&configured), None);
+    }
+
+    #[test]
+    fn the_settings_file_gives_its_values_and_a_missing_file_none() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("local.settings.json");
+        std::fs::write(
+            &file,
+            r#"{"IsEncrypted":false,"Values":{"TOUR_TEST_ONLY_SETTING":"x","SYNC_TARGET":"lead"}}"#,
+        )
+        .expect("write");
+        let settings = load_settings(&file);
+        assert_eq!(settings["TOUR_TEST_ONLY_SETTING"], "x");
+        assert!(settings.contains_key("SYNC_TARGET"));
+        let none = load_settings(&dir.path().join("missing.json"));
+        assert!(!none.contains_key("TOUR_TEST_ONLY_SETTING"));
+    }
+}
