@@ -1,30 +1,45 @@
 #!/usr/bin/env bash
-# Runs the function app locally, the way Azure runs it: Azurite (blob 10000, queue 10001,
-# table 10002 on 127.0.0.1; data in .azurite/data) + `func start` in the repository root, which
-# starts ./handler (a release build of this repository) as the custom handler.
-#   scripts/dev.sh              build, start Azurite, run `func start` (Ctrl-C stops both)
+# Runs the function app locally. With Azure Functions Core Tools (`func` on the PATH): Azurite
+# (blob 10000, queue 10001, table 10002 on 127.0.0.1; data in .azurite/data) + `func start` in
+# the repository root, which starts ./handler (a release build of this repository).
+# Without Core Tools: the `standins` program of testkit runs the same handler under the host
+# emulation of the end-to-end test (its own in-memory Azurite on free ports, the host's
+# envelopes, redelivery, poison, timers on a schedule loop) with an HTTP front on 7071; when no
+# tenant is configured it starts local stand-ins of the Microsoft services and runs a tour.
+#   scripts/dev.sh              build, then func start (or the stand-in host); Ctrl-C stops all
+#   scripts/dev.sh --tour-only  the stand-in host and services, the tour, then exit (CI runs it)
 #   scripts/dev.sh --no-func    build and run Azurite only (e.g. to drive the handler yourself)
+#   HANDLER_BIN=path            the stand-in run uses that handler instead of a release build
 # Safe to run again: nothing is rebuilt or reinstalled that is up to date, and an existing
 # local.settings.json is never overwritten.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_func=true
+tour_only=false
 for arg in "$@"; do
   case "$arg" in
     --no-func) want_func=false ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --tour-only) tour_only=true ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
 
 scripts/install-deps.sh --azurite
 
-echo "== cargo build --release"
-cargo build --release --bin referral-connector
-# ./handler is what host.json's defaultExecutablePath names; it is gitignored.
-install -m 0755 target/release/referral-connector handler.tmp
-mv -f handler.tmp handler
+if [ -n "${HANDLER_BIN:-}" ] && { $tour_only || ! command -v func >/dev/null 2>&1; }; then
+  # The stand-in run with an already built handler (scripts/e2e.sh: the debug or musl build).
+  handler_path=$(realpath "$HANDLER_BIN")
+  echo "== HANDLER_BIN=$handler_path: no release build"
+else
+  echo "== cargo build --release"
+  cargo build --release --bin referral-connector
+  # ./handler is what host.json's defaultExecutablePath names; it is gitignored.
+  install -m 0755 target/release/referral-connector handler.tmp
+  mv -f handler.tmp handler
+  handler_path="$PWD/handler"
+fi
 
 if [ ! -f local.settings.json ]; then
   cp local.settings.json.example local.settings.json
@@ -33,24 +48,30 @@ if [ ! -f local.settings.json ]; then
    PARTNER_CENTER_TENANT_ID, PARTNER_CENTER_CLIENT_ID, PARTNER_CENTER_CLIENT_SECRET (if the app
    is confidential) and PARTNER_CENTER_REFRESH_TOKEN (`./handler login --settings local.settings.json`),
    DATAVERSE_URL, AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET.
-   The webhook works without them; queue messages are retried and then poisoned until they are set.
+   Until PARTNER_CENTER_REFRESH_TOKEN and DATAVERSE_URL are set, the run without Core Tools uses
+   local stand-ins of Partner Center, Dataverse and Entra and shows a tour.
 EOF
 fi
 
-if $want_func && ! command -v func >/dev/null 2>&1; then
-  cat >&2 <<'EOF'
-error: Azure Functions Core Tools v4 (`func`) is not installed, so the app cannot be started.
-Install it, then run scripts/dev.sh again:
-  Debian/Ubuntu, from Microsoft's package repository:
-    curl -sSL https://packages.microsoft.com/keys/microsoft.asc | gpg --dearmor | sudo tee /usr/share/keyrings/microsoft.gpg >/dev/null
-    echo "deb [arch=amd64 signed-by=/usr/share/keyrings/microsoft.gpg] https://packages.microsoft.com/debian/$(. /etc/os-release; echo "$VERSION_ID")/prod $(. /etc/os-release; echo "$VERSION_CODENAME") main" | sudo tee /etc/apt/sources.list.d/microsoft-prod.list
-    sudo apt-get update && sudo apt-get install azure-functions-core-tools-4
-    (on Ubuntu use https://packages.microsoft.com/ubuntu/<version>/prod)
-  or with npm (downloads the CLI from Microsoft's CDN during install):
-    npm i -g azure-functions-core-tools@4 --unsafe-perm true
-./handler is built; `scripts/dev.sh --no-func` runs Azurite alone (Ctrl-C stops it) for manual tests.
+if $tour_only || { $want_func && ! command -v func >/dev/null 2>&1; }; then
+  if ! $tour_only; then
+    cat <<'EOF'
+== Azure Functions Core Tools v4 (`func`) is not installed: running the LOCAL STAND-IN for the
+   Functions host instead (the end-to-end test's host emulation). To run the real host, install
+   Core Tools (Debian/Ubuntu: packages.microsoft.com's azure-functions-core-tools-4, or
+   `npm i -g azure-functions-core-tools@4 --unsafe-perm true`) and run scripts/dev.sh again.
 EOF
-  exit 1
+  fi
+  echo "== cargo build -p testkit --bin standins (the stand-in host and services; not in the release binary)"
+  cargo build -p testkit --bin standins
+  args=(--handler "$handler_path" --app-root "$PWD" --handler-log "$PWD/target/standins/handler.log")
+  if $tour_only; then
+    # Always the stand-ins (the example has no tenant), on a free port (7071 may be taken).
+    args+=(--tour-only --settings local.settings.json.example --port 0)
+  else
+    args+=(--settings local.settings.json)
+  fi
+  exec target/debug/standins "${args[@]}"
 fi
 
 ports_in_use() {

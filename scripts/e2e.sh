@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end test (tests/e2e.rs) against a real Azurite, twice: with the debug build of the
 # handler, then with the static musl build from scripts/package.sh (HANDLER_BIN=publish/handler).
+# Between them, scripts/dev.sh --tour-only (the stand-in run's tour, with the debug handler).
 # Then the README rehearsal (tests/readme_deploy.rs), which builds the static binary from a copy.
 # The system-CA-store check (unshare --mount) needs root; elsewhere set E2E_WITHOUT_CA_STORE_CHECK=1.
 #   scripts/e2e.sh             both
@@ -22,6 +23,11 @@ echo "== e2e with the debug build"
 start=$(date +%s)
 cargo test --features e2e --test e2e
 echo "== e2e (debug build) took $(( $(date +%s) - start )) s including the build"
+
+echo "== scripts/dev.sh --tour-only: the local run without Core Tools and without a tenant (debug handler)"
+start=$(date +%s)
+HANDLER_BIN="$PWD/target/debug/referral-connector" timeout 600 scripts/dev.sh --tour-only
+echo "== tour took $(( $(date +%s) - start )) s"
 
 if $static; then
   scripts/package.sh publish

@@ -5,64 +5,38 @@
 //! outputs), release for a retry on non-2xx, and the move to `<queue>-poison` once the dequeue
 //! count reaches host.json's `maxDequeueCount`.
 //!
+//! The host emulation lives in `testkit::host_emulation`, shared with the local run without
+//! Core Tools (`scripts/dev.sh`), whose tour over the stand-ins is tested here too.
+//!
 //! Run: `scripts/install-deps.sh --azurite && cargo test --features e2e --test e2e`.
 //! `HANDLER_BIN=publish/handler` runs the same tests against the static musl build.
 
 use std::{
     collections::HashMap,
     io::Write,
+    path::Path,
     process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use base64::Engine;
 use serde_json::{Value, json};
 use testkit::{
     azurite::{ACCOUNT, Azurite, QueueClient},
     cert_world::CertWorld,
     fakes::Fault,
     host::{REFERRAL_ID, callback_body, http_envelope},
-    sync_world::{KEY_COLUMN, SyncWorld, queue_envelope, referral},
+    host_emulation::{FakeHost, FunctionApp, Handler, QUEUE, invoke, unb64},
+    standins,
+    sync_world::{KEY_COLUMN, SyncWorld, referral},
 };
-use tokio::io::AsyncBufReadExt;
 
-/// The queue of the ReferralWebhook output and the ReferralSync trigger (function.json).
-const QUEUE: &str = "referral-sync";
-/// Where the host moves messages that failed `maxDequeueCount` times, and the `poison` output.
-const POISON_QUEUE: &str = "referral-sync-poison";
 /// Retry back-off used instead of host.json's 30 s so the test stays short.
 const RETRY_VISIBILITY_SECONDS: u32 = 1;
-/// Lease the host takes on a dequeued message while the invocation runs (its default, 10 min).
-const LEASE_SECONDS: u32 = 600;
 
-fn repo_file(path: &str) -> String {
-    let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
-}
-
-/// host.json's `extensions.queues`, the values the host applies to the queue trigger.
-struct QueueOptions {
-    max_dequeue_count: u32,
-    batch_size: u32,
-    message_encoding: String,
-}
-
-fn queue_options() -> QueueOptions {
-    let host: Value = serde_json::from_str(&repo_file("host.json")).expect("host.json is JSON");
-    let queues = &host["extensions"]["queues"];
-    let function: Value =
-        serde_json::from_str(&repo_file("ReferralSync/function.json")).expect("function.json");
-    assert_eq!(function["bindings"][0]["queueName"], QUEUE);
-    assert_eq!(function["bindings"][1]["queueName"], POISON_QUEUE);
-    QueueOptions {
-        max_dequeue_count: queues["maxDequeueCount"].as_u64().unwrap_or(5) as u32,
-        batch_size: queues["batchSize"].as_u64().unwrap_or(16) as u32,
-        message_encoding: queues["messageEncoding"]
-            .as_str()
-            .unwrap_or("base64")
-            .to_owned(),
-    }
+/// The function app of this repository (host.json and the function folders).
+fn app() -> FunctionApp {
+    FunctionApp::load(Path::new(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// The handler binary under test: `HANDLER_BIN` (e.g. the static musl build) or this build.
@@ -73,108 +47,13 @@ fn handler_bin() -> String {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_referral-connector").to_owned())
 }
 
-/// The handler process, started as the host starts it (port and settings in the environment,
-/// nothing inherited), ready once `/` answers. Killed on drop.
-struct Handler {
-    child: tokio::process::Child,
-    address: String,
-    stdout: Arc<Mutex<Vec<String>>>,
+/// Starts the handler under test as the host starts it.
+async fn start_handler(envs: &HashMap<String, String>) -> Handler {
+    Handler::start_with(&handler_bin(), &[], envs).await
 }
 
-impl Handler {
-    async fn start(envs: &HashMap<String, String>) -> Self {
-        Self::start_with(&handler_bin(), &[], envs).await
-    }
-
-    /// Starts `program args…` (the handler itself, or a wrapper that execs it).
-    async fn start_with(program: &str, args: &[&str], envs: &HashMap<String, String>) -> Self {
-        let port = testkit::free_port();
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-            .envs(envs)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let lines = stdout.clone();
-        let mut reader = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = reader.next_line().await {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let address = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        let started = Instant::now();
-        while client.get(format!("{address}/")).send().await.is_err() {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the handler exited during start-up"
-            );
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the handler did not answer / within the host's 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        Self {
-            child,
-            address,
-            stdout,
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.stdout.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Handler {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-/// POSTs an envelope chunked (no Content-Length) with the host's headers.
-async fn invoke(
-    client: &reqwest::Client,
-    handler: &Handler,
-    function: &str,
-    envelope: Vec<u8>,
-) -> (u16, Value) {
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        envelope.chunks(64).map(|c| Ok(c.to_vec())).collect();
-    let response = client
-        .post(format!("{}/{function}", handler.address))
-        .header("Content-Type", "application/json; charset=utf-8")
-        .header("User-Agent", "Azure-Functions-Host/4.1000.0")
-        .header("X-Azure-Functions-HostVersion", "4.1000.0")
-        .header(
-            "X-Azure-Functions-InvocationId",
-            uuid::Uuid::new_v4().to_string(),
-        )
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("invoke {function}: {e}"));
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/json"),
-        "the host fails invocations answered with {content_type:?}"
-    );
-    (status, response.json().await.expect("a JSON answer"))
+async fn fake_host(azurite: &Azurite) -> FakeHost {
+    FakeHost::new(azurite, app(), RETRY_VISIBILITY_SECONDS).await
 }
 
 /// A signed `referral-created` callback in an HTTP trigger envelope, with the Content-Length
@@ -184,141 +63,6 @@ fn signed_callback(certs: &CertWorld) -> Vec<u8> {
     let mut headers = certs.signed_headers(body.as_bytes(), &certs.pki.leaf, "leaf.cer");
     headers.push(("Content-Length".into(), body.len().to_string()));
     http_envelope(Some(&body), &headers)
-}
-
-fn unb64(text: &str) -> String {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .unwrap_or_else(|e| panic!("queue message is not base64 ({e}): {text}"));
-    String::from_utf8(bytes).expect("UTF-8 message")
-}
-
-/// One ReferralSync invocation as the fake host saw it.
-#[derive(Debug)]
-struct Delivery {
-    dequeue_count: u32,
-    status: u16,
-    answer: Value,
-}
-
-/// The parts of the Functions host that matter here: output bindings to queues and the
-/// queue trigger's dispatch, retry and poison handling.
-struct FakeHost {
-    client: reqwest::Client,
-    options: QueueOptions,
-    queue: QueueClient,
-    poison: QueueClient,
-    deliveries: Vec<Delivery>,
-}
-
-impl FakeHost {
-    async fn new(azurite: &Azurite) -> Self {
-        let options = queue_options();
-        assert_eq!(options.message_encoding, "base64");
-        let queue = azurite.queue(QUEUE);
-        let poison = azurite.queue(POISON_QUEUE);
-        queue.create().await.expect("create queue");
-        poison.create().await.expect("create poison queue");
-        Self {
-            client: reqwest::Client::new(),
-            options,
-            queue,
-            poison,
-            deliveries: Vec::new(),
-        }
-    }
-
-    /// A queue output binding value written as the host writes it: an object becomes its JSON
-    /// text, an array one message per element, then base64 (`messageEncoding: base64`).
-    async fn write_output(queue: &QueueClient, value: &Value) {
-        let items = match value {
-            Value::Array(items) => items.clone(),
-            other => vec![other.clone()],
-        };
-        for item in items {
-            let text = match item {
-                Value::String(s) => s,
-                other => other.to_string(),
-            };
-            queue.put_base64(&text).await.expect("put message");
-        }
-    }
-
-    /// Invokes ReferralWebhook; on a 2xx answer writes `syncQueue`. Returns the `res` output.
-    async fn webhook(&self, handler: &Handler, envelope: Vec<u8>) -> Value {
-        let (status, answer) = invoke(&self.client, handler, "ReferralWebhook", envelope).await;
-        assert_eq!(status, 200, "webhook invocation failed: {answer}");
-        if let Some(value) = answer["Outputs"].get("syncQueue") {
-            Self::write_output(&self.queue, value).await;
-        }
-        answer["Outputs"]["res"].clone()
-    }
-
-    /// Runs the queue trigger until `referral-sync` is empty (visible or not), or panics after
-    /// `limit`.
-    async fn drain(&mut self, handler: &Handler, limit: Duration) {
-        let started = Instant::now();
-        loop {
-            assert!(
-                started.elapsed() < limit,
-                "referral-sync not drained within {limit:?}; deliveries: {:?}\nhandler log:\n{}",
-                self.deliveries,
-                handler.logs()
-            );
-            let batch = self
-                .queue
-                .get(self.options.batch_size, LEASE_SECONDS)
-                .await
-                .expect("get messages");
-            if batch.is_empty() {
-                if self.queue.count().await.expect("count") == 0 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            for message in batch {
-                let text = unb64(&message.text);
-                let envelope = queue_envelope(&text, message.dequeue_count);
-                let (status, answer) =
-                    invoke(&self.client, handler, "ReferralSync", envelope).await;
-                if (200..300).contains(&status) {
-                    if let Some(value) = answer["Outputs"].get("poison") {
-                        Self::write_output(&self.poison, value).await;
-                    }
-                    self.queue.delete(&message).await.expect("delete message");
-                } else if message.dequeue_count >= self.options.max_dequeue_count {
-                    // The host copies the message as it is to <queue>-poison, then deletes it.
-                    self.poison
-                        .put(&message.text)
-                        .await
-                        .expect("poison message");
-                    self.queue.delete(&message).await.expect("delete message");
-                } else {
-                    self.queue
-                        .release(&message, RETRY_VISIBILITY_SECONDS)
-                        .await
-                        .expect("release message");
-                }
-                self.deliveries.push(Delivery {
-                    dequeue_count: message.dequeue_count,
-                    status,
-                    answer,
-                });
-            }
-        }
-    }
-
-    /// Every message in `referral-sync-poison`, decoded.
-    async fn poisoned(&self) -> Vec<Value> {
-        self.poison
-            .peek(32)
-            .await
-            .expect("peek poison")
-            .iter()
-            .map(|m| serde_json::from_str(&unb64(&m.text)).expect("poison message is JSON"))
-            .collect()
-    }
 }
 
 /// A PEM bundle file (for `SSL_CERT_FILE` or the bind-mounted system bundle).
@@ -353,7 +97,7 @@ async fn world(extra: &[(&str, &str)]) -> World {
     envs.insert("SSL_CERT_FILE".into(), trust.path().display().to_string());
     envs.insert(
         "SYNC_MAX_DEQUEUE_COUNT".into(),
-        queue_options().max_dequeue_count.to_string(),
+        app().queue_options().max_dequeue_count.to_string(),
     );
     envs.insert("FUNCTIONS_WORKER_RUNTIME".into(), "custom".into());
     envs.insert("AzureWebJobsStorage".into(), azurite.connection_string());
@@ -379,8 +123,8 @@ impl World {
 async fn a_signed_callback_becomes_a_lead_through_a_real_queue() {
     let started = Instant::now();
     let w = world(&[("SYNC_RETRY_BUDGET_SECONDS", "5")]).await;
-    let handler = Handler::start(&w.envs).await;
-    let mut host = FakeHost::new(&w.azurite).await;
+    let handler = start_handler(&w.envs).await;
+    let host = fake_host(&w.azurite).await;
 
     let res = host.webhook(&handler, w.signed_callback()).await;
     assert_eq!(res["statusCode"], 200, "{res}");
@@ -395,9 +139,10 @@ async fn a_signed_callback_becomes_a_lead_through_a_real_queue() {
     assert_eq!(message["eventName"], "referral-created");
 
     host.drain(&handler, Duration::from_secs(30)).await;
+    let deliveries = host.deliveries();
 
-    assert_eq!(host.deliveries.len(), 1, "{:?}", host.deliveries);
-    let delivery = &host.deliveries[0];
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    let delivery = &deliveries[0];
     assert_eq!((delivery.dequeue_count, delivery.status), (1, 200));
     assert!(
         delivery.answer["Outputs"].get("poison").is_none(),
@@ -440,8 +185,8 @@ async fn a_dataverse_outage_retries_five_times_then_poisons_exactly_once() {
     w.fakes
         .dataverse
         .inject(Fault::status(503).on("PATCH", "leads(").always());
-    let handler = Handler::start(&w.envs).await;
-    let mut host = FakeHost::new(&w.azurite).await;
+    let handler = start_handler(&w.envs).await;
+    let host = fake_host(&w.azurite).await;
     let max = host.options.max_dequeue_count;
     assert_eq!(max, 5, "host.json maxDequeueCount");
 
@@ -452,8 +197,8 @@ async fn a_dataverse_outage_retries_five_times_then_poisons_exactly_once() {
 
     host.drain(&handler, Duration::from_secs(40)).await;
 
-    let seen: Vec<(u32, u16)> = host
-        .deliveries
+    let deliveries = host.deliveries();
+    let seen: Vec<(u32, u16)> = deliveries
         .iter()
         .map(|d| (d.dequeue_count, d.status))
         .collect();
@@ -462,7 +207,7 @@ async fn a_dataverse_outage_retries_five_times_then_poisons_exactly_once() {
     let expected: Vec<(u32, u16)> = (1..=max)
         .map(|n| (n, if n < max { 503 } else { 200 }))
         .collect();
-    assert_eq!(seen, expected, "{:?}", host.deliveries);
+    assert_eq!(seen, expected, "{deliveries:?}");
     assert_eq!(
         w.fakes.dataverse.count("PATCH", "leads("),
         max as usize,
@@ -580,4 +325,75 @@ async fn the_system_ca_bundle_is_found_without_settings() {
     );
     assert!(answer["Outputs"].get("syncQueue").is_none());
     println!("system CA store check passed for {bin}");
+}
+
+/// The tour `scripts/dev.sh` shows without Core Tools and without a tenant, run in-process
+/// with the same stand-ins and host emulation (the debug handler here): every step is printed
+/// in order and the stand-ins end with one lead, its referral patched once with the lead's id,
+/// and one referral created for the shared opportunity and linked to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tour_of_the_stand_ins_runs_to_the_end() {
+    let log_dir = tempfile::tempdir().expect("temp dir");
+    let options = standins::Options {
+        handler: handler_bin(),
+        app_root: Path::new(env!("CARGO_MANIFEST_DIR")).to_owned(),
+        settings: HashMap::new(),
+        port: 0,
+        handler_log: log_dir.path().join("handler.log"),
+    };
+    assert!(standins::missing_tenant(&options.settings).is_some());
+    let running = standins::start(&options, true).await;
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let say = move |line: String| sink.lock().unwrap().push(line);
+    let outcome = tokio::time::timeout(Duration::from_secs(300), standins::tour(&running, &say))
+        .await
+        .expect("the tour ends within its limit")
+        .unwrap_or_else(|e| panic!("{e}\nhandler log:\n{}", running.handler.logs()));
+    let printed = lines.lock().unwrap().join("\n");
+    let steps = [
+        "1. Partner Center sends a signed referral-created callback",
+        "verified: certificate chain to the local test root",
+        "queued on referral-sync: {\"referralId\"",
+        "ReferralSync: lead created: ",
+        "the referral patched: externalReferenceId=",
+        "2. the same callback again",
+        "ReferralSync read both sides: nothing written",
+        "3. a forged callback",
+        "→ 401 ",
+        "nothing queued",
+        "4. a seller marks the opportunity",
+        "created in Partner Center",
+        "the opportunity is linked",
+        "tour done; final state: ",
+    ];
+    let mut at = 0;
+    for step in steps {
+        let found = printed[at..]
+            .find(step)
+            .unwrap_or_else(|| panic!("{step:?} not printed (in order):\n{printed}"));
+        at += found + step.len();
+    }
+    assert!(printed.contains(&outcome.referral_id), "{printed}");
+
+    let standins = running.standins.as_ref().expect("stand-ins");
+    let (pc, dv) = (&standins.sync.partner_center, &standins.sync.dataverse);
+    let leads = dv.leads();
+    assert_eq!(leads.len(), 1, "one lead: {leads:?}");
+    assert_eq!(leads[0][KEY_COLUMN], outcome.referral_id.as_str());
+    assert_eq!(leads[0]["leadid"], outcome.lead_id.as_str());
+    let incoming = pc.referral(&outcome.referral_id).expect("the referral");
+    assert_eq!(incoming["externalReferenceId"], outcome.lead_id.as_str());
+    assert_eq!(incoming["status"], "Active");
+    assert_eq!(pc.patch_count(&outcome.referral_id), 1, "patched once");
+    let created = pc.created();
+    assert_eq!(created.len(), 1, "one referral shared from the CRM");
+    assert_eq!(
+        created[0]["externalReferenceId"],
+        outcome.opportunity_id.as_str()
+    );
+    let opportunity = dv.opportunity_by_id(&outcome.opportunity_id).unwrap();
+    assert_eq!(opportunity[KEY_COLUMN], outcome.shared_referral_id.as_str());
+    assert!(running.host.poisoned().await.is_empty());
+    println!("{printed}");
 }

@@ -1,6 +1,6 @@
 //! A real Azurite (the Azure Storage emulator, installed by `scripts/install-deps.sh --azurite`)
-//! started as a child process on free loopback ports, and a minimal Queue service REST client
-//! for the development account, signed with SharedKey exactly as the Azure SDKs sign.
+//! started as a child process on free loopback ports, and minimal Queue and Blob service REST
+//! clients for the development account, signed with SharedKey exactly as the Azure SDKs sign.
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -129,6 +129,16 @@ impl Azurite {
              TableEndpoint=http://127.0.0.1:{}/{ACCOUNT};",
             self.blob_port, self.queue_port, self.table_port
         )
+    }
+
+    /// `http://127.0.0.1:<blob port>/devstoreaccount1`.
+    pub fn blob_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{ACCOUNT}", self.blob_port)
+    }
+
+    /// A client for the blobs of this instance.
+    pub fn blobs(&self) -> BlobClient {
+        BlobClient::new(&self.blob_endpoint(), ACCOUNT, ACCOUNT_KEY)
     }
 
     /// A client for queue `name` of this instance.
@@ -359,7 +369,9 @@ impl QueueClient {
             "application/xml; charset=utf-8"
         };
         let ms_headers = [("x-ms-date", date.as_str()), ("x-ms-version", API_VERSION)];
-        let signature = self.sign(
+        let signature = shared_key(
+            &self.account,
+            &self.key,
             method,
             &content_length,
             content_type,
@@ -397,42 +409,178 @@ impl QueueClient {
             .map_err(|e| QueueError(format!("{method} {url}: reading the answer: {e}")))?;
         Ok((status, headers, text))
     }
+}
 
-    /// SharedKey signature (the 2009-09-19+ string-to-sign of the Queue service).
-    fn sign(
+/// SharedKey signature (the 2009-09-19+ string-to-sign of the Blob and Queue services):
+/// `VERB`, the eleven standard headers (only Content-Length and Content-Type are used here),
+/// the `x-ms-*` headers lower-cased and sorted, then the canonical resource.
+#[allow(clippy::too_many_arguments)]
+fn shared_key(
+    account: &str,
+    key: &[u8],
+    method: &str,
+    content_length: &str,
+    content_type: &str,
+    ms_headers: &[(&str, &str)],
+    path: &str,
+    query: &[(&str, String)],
+) -> String {
+    let mut canonical_headers: Vec<(String, String)> = ms_headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    canonical_headers.sort();
+    // Path-style URL: the path already starts with /<account>, and the canonical resource
+    // is /<account><path>, so the account appears twice (as the SDKs send it).
+    let mut resource = format!("/{account}{}", percent_decode(path));
+    let mut params: Vec<(String, String)> = query
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    params.sort();
+    for (k, v) in params {
+        resource.push_str(&format!("\n{k}:{v}"));
+    }
+    let mut to_sign = format!("{method}\n\n\n{content_length}\n\n{content_type}\n\n\n\n\n\n\n");
+    for (k, v) in canonical_headers {
+        to_sign.push_str(&format!("{k}:{v}\n"));
+    }
+    to_sign.push_str(&resource);
+    let key = PKey::hmac(key).expect("hmac key");
+    let mut signer = Signer::new(MessageDigest::sha256(), &key).expect("signer");
+    signer.update(to_sign.as_bytes()).expect("hmac");
+    base64::engine::general_purpose::STANDARD.encode(signer.sign_to_vec().expect("hmac"))
+}
+
+/// Minimal client of the Blob service: read and overwrite block blobs by `container/name`
+/// path, SharedKey-signed; what the host's blob bindings do.
+#[derive(Debug, Clone)]
+pub struct BlobClient {
+    http: reqwest::Client,
+    endpoint: String,
+    account: String,
+    key: Vec<u8>,
+}
+
+impl BlobClient {
+    /// A client for `<endpoint>` (`…/<account>`); `key` is the base64 account key.
+    pub fn new(endpoint: &str, account: &str, key: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            account: account.to_owned(),
+            key: base64::engine::general_purpose::STANDARD
+                .decode(key)
+                .expect("account key is base64"),
+        }
+    }
+
+    /// The blob at `path` (`container/name`), or `None` when it or its container is missing.
+    pub async fn get(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let (status, body) = self.send("GET", path, &[], &[], Vec::new()).await?;
+        match status {
+            200 => Ok(Some(body)),
+            404 => Ok(None),
+            _ => Err(QueueError(format!(
+                "get blob {path}: {status} {}",
+                String::from_utf8_lossy(&body)
+            ))),
+        }
+    }
+
+    /// Overwrites the block blob at `path`, creating its container when missing (as the
+    /// host's blob output binding does).
+    pub async fn put(&self, path: &str, content: &[u8]) -> Result<()> {
+        let container = path.split('/').next().unwrap_or_default();
+        let create = [("restype", "container".to_owned())];
+        let (status, body) = self
+            .send("PUT", container, &create, &[], Vec::new())
+            .await?;
+        if !matches!(status, 201 | 409) {
+            return Err(QueueError(format!(
+                "create container {container}: {status} {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        let headers = [("x-ms-blob-type", "BlockBlob")];
+        let (status, body) = self
+            .send("PUT", path, &[], &headers, content.to_vec())
+            .await?;
+        match status {
+            201 => Ok(()),
+            _ => Err(QueueError(format!(
+                "put blob {path}: {status} {}",
+                String::from_utf8_lossy(&body)
+            ))),
+        }
+    }
+
+    async fn send(
         &self,
         method: &str,
-        content_length: &str,
-        content_type: &str,
-        ms_headers: &[(&str, &str)],
         path: &str,
         query: &[(&str, String)],
-    ) -> String {
-        let mut canonical_headers: Vec<(String, String)> = ms_headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        canonical_headers.sort();
-        // Path-style URL: the path already starts with /<account>, and the canonical resource
-        // is /<account><path>, so the account appears twice (as the SDKs send it).
-        let mut resource = format!("/{}{}", self.account, percent_decode(path));
-        let mut params: Vec<(String, String)> = query
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .collect();
-        params.sort();
-        for (k, v) in params {
-            resource.push_str(&format!("\n{k}:{v}"));
+        extra: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>)> {
+        let mut url = url::Url::parse(&format!("{}/{path}", self.endpoint))
+            .map_err(|e| QueueError(format!("bad blob URL: {e}")))?;
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
         }
-        let mut to_sign = format!("{method}\n\n\n{content_length}\n\n{content_type}\n\n\n\n\n\n\n");
-        for (k, v) in canonical_headers {
-            to_sign.push_str(&format!("{k}:{v}\n"));
+        let date = rfc1123(OffsetDateTime::now_utc());
+        let content_length = if body.is_empty() {
+            String::new()
+        } else {
+            body.len().to_string()
+        };
+        let content_type = if body.is_empty() {
+            ""
+        } else {
+            "application/octet-stream"
+        };
+        let mut ms_headers = vec![("x-ms-date", date.as_str()), ("x-ms-version", API_VERSION)];
+        ms_headers.extend_from_slice(extra);
+        let signature = shared_key(
+            &self.account,
+            &self.key,
+            method,
+            &content_length,
+            content_type,
+            &ms_headers,
+            url.path(),
+            query,
+        );
+        let method_value =
+            reqwest::Method::from_bytes(method.as_bytes()).expect("valid HTTP method");
+        let mut request = self.http.request(method_value, url.clone()).header(
+            "Authorization",
+            format!("SharedKey {}:{signature}", self.account),
+        );
+        for (k, v) in &ms_headers {
+            request = request.header(*k, *v);
         }
-        to_sign.push_str(&resource);
-        let key = PKey::hmac(&self.key).expect("hmac key");
-        let mut signer = Signer::new(MessageDigest::sha256(), &key).expect("signer");
-        signer.update(to_sign.as_bytes()).expect("hmac");
-        base64::engine::general_purpose::STANDARD.encode(signer.sign_to_vec().expect("hmac"))
+        if !body.is_empty() {
+            request = request.header("Content-Type", content_type);
+        }
+        let response = request
+            .header("Content-Length", body.len().to_string())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| QueueError(format!("{method} {url}: {e}")))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| QueueError(format!("{method} {url}: reading the answer: {e}")))?;
+        Ok((status, bytes.to_vec()))
     }
 }
 

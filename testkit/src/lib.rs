@@ -7,7 +7,9 @@ pub mod cert_host;
 pub mod cert_world;
 pub mod fakes;
 pub mod host;
+pub mod host_emulation;
 pub mod pki;
+pub mod standins;
 pub mod sync_world;
 pub mod tls;
 
