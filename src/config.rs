@@ -685,7 +685,7 @@ fn example_for(name: &str) -> &'static str {
     }
 }
 
-fn parse_number<T>(
+pub(crate) fn parse_number<T>(
     name: &'static str,
     raw: Option<String>,
     default: T,
@@ -709,7 +709,7 @@ where
 }
 
 /// App Service passes a Key Vault reference through unchanged when it cannot resolve it.
-fn is_key_vault_reference(value: &str) -> bool {
+pub(crate) fn is_key_vault_reference(value: &str) -> bool {
     value
         .get(.."@Microsoft.KeyVault(".len())
         .is_some_and(|p| p.eq_ignore_ascii_case("@Microsoft.KeyVault("))

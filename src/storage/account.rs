@@ -10,6 +10,8 @@ use azure_core::credentials::{Secret, SecretBytes};
 use base64::Engine;
 use url::Url;
 
+use crate::config::is_key_vault_reference;
+
 /// The setting that holds the app's storage connection.
 pub const SETTING: &str = "AzureWebJobsStorage";
 /// Azurite's development account.
@@ -113,12 +115,6 @@ fn invalid(name: &'static str, reason: impl Into<String>) -> StorageConfigError 
         name,
         reason: reason.into(),
     }
-}
-
-fn is_key_vault_reference(value: &str) -> bool {
-    value
-        .get(.."@Microsoft.KeyVault(".len())
-        .is_some_and(|p| p.eq_ignore_ascii_case("@Microsoft.KeyVault("))
 }
 
 /// An endpoint: https, or http only on loopback (Azurite); no query (a SAS is not supported).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use azure_core::credentials::Secret;
 use url::Url;
 
-use crate::config::{ConfigError, SecretSetting};
+use crate::config::{ConfigError, SecretSetting, is_key_vault_reference, parse_number};
 
 /// REST API version used when `SALESFORCE_API_VERSION` is not set (Summer '26).
 pub const DEFAULT_API_VERSION: &str = "67.0";
@@ -128,13 +128,6 @@ impl SalesforceSettings {
             poll_lag,
         })
     }
-}
-
-/// App Service passes a Key Vault reference through unchanged when it cannot resolve it.
-fn is_key_vault_reference(value: &str) -> bool {
-    value
-        .get(.."@Microsoft.KeyVault(".len())
-        .is_some_and(|p| p.eq_ignore_ascii_case("@Microsoft.KeyVault("))
 }
 
 /// The My Domain URL: https (http only for a loopback fake), a host and nothing else, and not
@@ -274,29 +267,6 @@ fn parse_api_version(raw: &str) -> Result<String, ConfigError> {
         None => Err(ConfigError::Invalid {
             name: "SALESFORCE_API_VERSION",
             reason: format!("`{raw}` is not a version like {DEFAULT_API_VERSION} (NN.N)"),
-        }),
-    }
-}
-
-fn parse_number<T>(
-    name: &'static str,
-    raw: Option<String>,
-    default: T,
-    range: std::ops::RangeInclusive<T>,
-) -> Result<T, ConfigError>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-{
-    let Some(raw) = raw else { return Ok(default) };
-    match raw.parse::<T>() {
-        Ok(v) if range.contains(&v) => Ok(v),
-        _ => Err(ConfigError::Invalid {
-            name,
-            reason: format!(
-                "`{raw}` is not a whole number from {} to {} (default {default})",
-                range.start(),
-                range.end()
-            ),
         }),
     }
 }
