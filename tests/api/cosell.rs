@@ -7,7 +7,6 @@ use referral_connector::{cli, crm::RecordKind};
 use serde_json::{Value, json};
 use testkit::{
     fakes::Fault,
-    host::timer_envelope,
     sync_world::{SyncWorld, queue_envelope, shared_opportunity, sync_message},
 };
 
@@ -41,14 +40,7 @@ impl World {
 
     /// One CrmChanges run with this state: status, answer, next state.
     async fn run(&self, state: Option<&str>) -> (u16, Value, Option<String>) {
-        let (status, answer) = self
-            .app
-            .invoke("CrmChanges", timer_envelope("CrmChanges", state))
-            .await;
-        let next = answer["Outputs"]["watermarkOut"]
-            .as_str()
-            .map(str::to_owned);
-        (status, answer, next)
+        self.app.crm_changes(state).await
     }
 
     fn row(&self) -> Value {

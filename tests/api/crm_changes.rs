@@ -5,7 +5,6 @@
 use serde_json::{Value, json};
 use testkit::{
     fakes::Fault,
-    host::timer_envelope,
     sync_world::{SyncWorld, queue_envelope, referral, sync_message},
 };
 
@@ -44,14 +43,7 @@ impl World {
 
     /// One CrmChanges run with this state; the status, the answer and the new state text.
     async fn run(&self, state: Option<&str>) -> (u16, Value, Option<String>) {
-        let (status, answer) = self
-            .app
-            .invoke("CrmChanges", timer_envelope("CrmChanges", state))
-            .await;
-        let next = answer["Outputs"]["watermarkOut"]
-            .as_str()
-            .map(str::to_owned);
-        (status, answer, next)
+        self.app.crm_changes(state).await
     }
 
     fn referral(&self) -> Value {

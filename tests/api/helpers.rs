@@ -18,6 +18,21 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// One CrmChanges run, invoked as the host invokes the timer with this stored state: the
+    /// status, the answer and the state it writes back.
+    pub async fn crm_changes(&self, state: Option<&str>) -> (u16, Value, Option<String>) {
+        let (status, answer) = self
+            .invoke(
+                "CrmChanges",
+                testkit::host::timer_envelope("CrmChanges", state),
+            )
+            .await;
+        let next = answer["Outputs"]["watermarkOut"]
+            .as_str()
+            .map(str::to_owned);
+        (status, answer, next)
+    }
+
     /// Starts the handler with these settings.
     pub async fn spawn(settings: &Settings) -> Self {
         let app = Application::build(settings).await.expect("build app");
