@@ -122,12 +122,11 @@ impl Syncer {
             Err(CrmError::Conflict(_)) => return Ok(ShareOutcome::Waiting),
             Err(e) => return Err(e.into()),
         };
-        let mut claimed = merge_columns(claimed, &record, &claim);
+        let claimed = super::to_crm::merge(record, claimed, &claim);
         // Any failure from here on leaves the claim: the next attempt looks for the referral
         // before it creates one.
         let referral = self.partner_center.create_referral(&body).await?;
         tracing::info!(referral_id = %referral.id(), "referral created for the shared opportunity");
-        claimed.version = claimed.version.or(record.version);
         self.link(claimed, &referral, false).await
     }
 
@@ -254,13 +253,4 @@ impl Syncer {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// The record after a write: what was read, with the written columns and the new version.
-fn merge_columns(mut written: CrmRecord, read: &CrmRecord, sent: &Map<String, Value>) -> CrmRecord {
-    let mut columns = read.columns.clone();
-    columns.extend(sent.clone());
-    columns.extend(std::mem::take(&mut written.columns));
-    written.columns = columns;
-    written
 }

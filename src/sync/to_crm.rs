@@ -547,7 +547,11 @@ fn append_paths(what: &mut String, write_back: &WriteBack) {
 
 /// The record after a write: the read columns overlaid with what the write returned.
 /// `sent` are the columns the write carried, which the CRM did not necessarily return.
-fn merge(mut before: CrmRecord, after: CrmRecord, sent: &Map<String, Value>) -> CrmRecord {
+pub(super) fn merge(
+    mut before: CrmRecord,
+    after: CrmRecord,
+    sent: &Map<String, Value>,
+) -> CrmRecord {
     for (column, value) in sent {
         if !column.contains('@') {
             before.columns.insert(column.clone(), value.clone());
