@@ -11,7 +11,7 @@ use azure_core::credentials::Secret;
 use url::Url;
 
 use crate::{
-    crm::dataverse,
+    crm::{dataverse, salesforce::SalesforceSettings},
     mapping::{MappingError, Mappings, WriteBackPolicy, rules::is_logical_name},
     sync::SyncTarget,
 };
@@ -88,14 +88,54 @@ pub struct Settings {
     pub webhook: WebhookSettings,
     /// Partner Center APIs and the delegated token.
     pub partner_center: PartnerCenterSettings,
+    /// Which CRM the connector syncs with (`CRM`).
+    pub crm: CrmChoice,
     /// Dataverse environment and its credential.
     pub dataverse: DataverseSettings,
+    /// The Salesforce org and its credential (used with `CRM=salesforce`).
+    pub salesforce: SalesforceSlot,
     /// Queue processing.
     pub sync: SyncSettings,
     /// Outbound HTTP.
     pub http: HttpSettings,
     /// What the operator commands `poison`, `status` and `check` read besides the APIs.
     pub ops: OpsSettings,
+}
+
+/// The CRM the connector syncs with (`CRM`, default `dataverse`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CrmChoice {
+    /// Dynamics 365 (Dataverse Web API).
+    #[default]
+    Dataverse,
+    /// Salesforce (REST API).
+    Salesforce,
+}
+
+impl CrmChoice {
+    /// Parses the setting.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "dataverse" | "dynamics" | "dynamics365" => Some(Self::Dataverse),
+            "salesforce" => Some(Self::Salesforce),
+            _ => None,
+        }
+    }
+}
+
+/// The Salesforce settings, or the one that is missing. Missing settings stop only what needs
+/// them (sync messages are retried, then poisoned naming the setting); invalid ones stop the
+/// start.
+#[derive(Debug, Clone)]
+pub struct SalesforceSlot(Result<SalesforceSettings, (&'static str, &'static str)>);
+
+impl SalesforceSlot {
+    /// The settings, or the missing setting with how to set it.
+    pub fn require(&self) -> Result<&SalesforceSettings, ConfigError> {
+        self.0
+            .as_ref()
+            .map_err(|(name, hint)| ConfigError::Missing { name, hint })
+    }
 }
 
 /// The app's storage, its timer schedules and the host's queue message encoding.
@@ -349,22 +389,46 @@ impl Settings {
             client_secret: secret("AZURE_CLIENT_SECRET"),
         };
 
-        let mappings = match get("REFERRAL_MAPPING_FILE")? {
-            Some(path) => {
-                Mappings::from_file(std::path::Path::new(&path), dataverse::default_mapping)
-                    .map_err(|source| ConfigError::Mapping { path, source })?
+        let crm = match get("CRM")? {
+            None => CrmChoice::default(),
+            Some(raw) => CrmChoice::parse(&raw).ok_or_else(|| ConfigError::Invalid {
+                name: "CRM",
+                reason: format!("`{raw}` is not dataverse or salesforce (default dataverse)"),
+            })?,
+        };
+        let salesforce = SalesforceSlot(match crm {
+            CrmChoice::Salesforce => {
+                match SalesforceSettings::from_lookup(|name| raw(name).map(str::to_owned)) {
+                    Ok(settings) => Ok(settings),
+                    Err(ConfigError::Missing { name, hint }) => Err((name, hint)),
+                    Err(e) => return Err(e),
+                }
             }
-            None => Mappings::defaults(dataverse::default_mapping),
+            CrmChoice::Dataverse => Err((
+                "CRM",
+                "set CRM=salesforce and the SALESFORCE_* settings to sync with Salesforce",
+            )),
+        });
+        let (defaults, key_column_setting, key_column): (fn(_) -> _, _, _) = match crm {
+            CrmChoice::Dataverse => (
+                dataverse::default_mapping,
+                "DATAVERSE_REFERRAL_KEY_COLUMN",
+                dataverse.key_column.clone(),
+            ),
+            CrmChoice::Salesforce => (
+                crate::crm::salesforce::default_mapping,
+                "the Salesforce external id",
+                crate::crm::salesforce::KEY_FIELD.to_owned(),
+            ),
+        };
+        let mappings = match get("REFERRAL_MAPPING_FILE")? {
+            Some(path) => Mappings::from_file(std::path::Path::new(&path), defaults)
+                .map_err(|source| ConfigError::Mapping { path, source })?,
+            None => Mappings::defaults(defaults),
         };
         for table in [&mappings.lead, &mappings.opportunity] {
-            if table
-                .rules()
-                .iter()
-                .any(|r| r.column == dataverse.key_column)
-                || table
-                    .partner_center
-                    .names()
-                    .contains(&dataverse.key_column.as_str())
+            if table.rules().iter().any(|r| r.column == key_column)
+                || table.partner_center.names().contains(&key_column.as_str())
             {
                 let prefix = match table.kind {
                     crate::crm::RecordKind::Lead => String::new(),
@@ -373,8 +437,7 @@ impl Settings {
                 return Err(ConfigError::Invalid {
                     name: "REFERRAL_MAPPING_FILE",
                     reason: format!(
-                        "{prefix}columns.{} is the key column (DATAVERSE_REFERRAL_KEY_COLUMN) and is set by the connector",
-                        dataverse.key_column
+                        "{prefix}columns.{key_column} is the key column ({key_column_setting}) and is set by the connector"
                     ),
                 });
             }
@@ -502,7 +565,9 @@ impl Settings {
             port,
             webhook,
             partner_center,
+            crm,
             dataverse,
+            salesforce,
             sync,
             http,
             ops,

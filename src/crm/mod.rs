@@ -2,7 +2,7 @@
 //! create-only or only if its version still matches, adopt a record the CRM made by itself (a
 //! qualified lead's opportunity), close an opportunity, and resolve the lookups a new record
 //! needs. Each CRM is one adapter module that owns its client, errors, table defaults and
-//! state rules (`dataverse`); the core never names one.
+//! state rules (`dataverse`, `salesforce`); the core never names one.
 
 use std::fmt;
 
@@ -17,14 +17,21 @@ use crate::{
 pub mod dataverse;
 pub mod salesforce;
 
-/// The CRM adapter the settings describe (Dataverse; Salesforce will be chosen here too), with
-/// its client and credential. Fails naming the first missing or unusable setting.
+/// The CRM adapter the settings describe (`CRM`: Dataverse or Salesforce), with its client and
+/// credential. Fails naming the first missing or unusable setting.
 pub fn from_settings(
     settings: &crate::config::Settings,
     http: reqwest::Client,
 ) -> Result<std::sync::Arc<dyn Crm>, crate::config::ConfigError> {
-    let client = dataverse::DataverseClient::from_settings(settings, http)?;
-    Ok(std::sync::Arc::new(dataverse::DataverseCrm::from(client)))
+    match settings.crm {
+        crate::config::CrmChoice::Dataverse => {
+            let client = dataverse::DataverseClient::from_settings(settings, http)?;
+            Ok(std::sync::Arc::new(dataverse::DataverseCrm::from(client)))
+        }
+        crate::config::CrmChoice::Salesforce => Ok(std::sync::Arc::new(
+            salesforce::SalesforceCrm::from_settings(settings, http)?,
+        )),
+    }
 }
 
 /// The two kinds of record a referral becomes, whatever the CRM calls its tables.
@@ -205,6 +212,17 @@ pub struct Contact {
     pub phone: Option<String>,
 }
 
+/// What a change poll read: the records, and the instant up to which the CRM guarantees it
+/// read everything (exclusive), when that is earlier than the poll's own start.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// The records, oldest change first.
+    pub records: Vec<CrmRecord>,
+    /// RFC 3339 UTC; the next poll's watermark may not pass it (Salesforce: its clock minus
+    /// the poll lag). `None`: the poll's start.
+    pub until: Option<String>,
+}
+
 /// Errors of any CRM adapter, in the terms the core decides on.
 #[derive(Debug, thiserror::Error)]
 pub enum CrmError {
@@ -251,6 +269,34 @@ impl CrmError {
 pub trait Crm: Send + Sync + fmt::Debug {
     /// The CRM's name, for messages (`Dataverse`).
     fn name(&self) -> &'static str;
+
+    /// Whether [`WriteMode::Update`] and [`Crm::update_record`] really fail when the record
+    /// changed since it was read (Dataverse's If-Match). Without it (Salesforce), the core
+    /// re-reads the referral after each write and repeats when it moved, so the last write
+    /// always carries the newest referral.
+    fn conditional_writes(&self) -> bool {
+        true
+    }
+
+    /// Why long runs (the change poll, reconciliation, backfill) should stop now to leave the
+    /// CRM's API allocation to its users; `None` while within budget.
+    fn over_budget(&self) -> Option<String> {
+        None
+    }
+
+    /// Claims an unlinked opportunity for one attempt to create its referral, by writing
+    /// `columns` (the claim in the status column): an operation only one of two overlapping
+    /// attempts can win. [`CrmError::Conflict`] when another attempt (or the seller) changed
+    /// or claimed the record since it was read. By default a conditional
+    /// [`Crm::update_record`].
+    async fn claim(
+        &self,
+        record: &CrmRecord,
+        columns: &Map<String, Value>,
+        returned: &[&str],
+    ) -> Result<CrmRecord, CrmError> {
+        self.update_record(record, columns, returned).await
+    }
 
     /// Reads the record of `kind` whose key column holds `key`, with these mapped columns (the
     /// adapter adds what it needs for id, version, state and key).
@@ -320,7 +366,7 @@ pub trait Crm: Send + Sync + fmt::Debug {
         since: &str,
         flag: Option<&str>,
         columns: &[&str],
-    ) -> Result<Vec<CrmRecord>, CrmError>;
+    ) -> Result<Changes, CrmError>;
 
     /// The account, contact and currency of an opportunity, for a new referral.
     async fn share_party(&self, record: &CrmRecord) -> Result<ShareParty, CrmError>;

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::{
     Mappings, TableMapping,
-    rules::{ColumnKind, ColumnRule, Direction, FieldPath, Source, is_logical_name},
+    rules::{ColumnKind, ColumnRule, Direction, FieldPath, Source},
 };
 use crate::crm::RecordKind;
 
@@ -108,7 +108,7 @@ impl Mappings {
             apply_section(&mut mappings.lead, &top, "", true)?;
         }
         for (name, section) in &tables {
-            let kind = match name.as_str() {
+            let kind = match name.to_ascii_lowercase().as_str() {
                 "lead" => RecordKind::Lead,
                 "opportunity" => RecordKind::Opportunity,
                 _ => {
@@ -181,11 +181,12 @@ fn apply_section(
     }
     for (column, rule) in columns {
         let here = format!("{prefix}columns.{column}");
-        if !is_logical_name(column) {
+        if !table.names.accepts(column) {
             return Err(field_error(
                 &here,
                 format!(
-                    "is not a {} column logical name (lowercase, e.g. address1_city)",
+                    "is not {} of the {} table",
+                    table.names.example(),
                     table.kind
                 ),
             ));
@@ -218,11 +219,14 @@ fn apply_section(
                     known = true;
                     *slot = match value {
                         Value::Null => None,
-                        Value::String(s) if is_logical_name(s) => Some(s.clone()),
+                        Value::String(s) if table.names.accepts(s) => Some(s.clone()),
                         _ => {
                             return Err(field_error(
                                 &format!("{here}.{name}"),
-                                "must be a column logical name (e.g. new_partnercenterlink) or null to leave the column out",
+                                format!(
+                                    "must be {} or null to leave the column out",
+                                    table.names.example()
+                                ),
                             ));
                         }
                     };

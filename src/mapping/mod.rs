@@ -79,6 +79,41 @@ pub struct TableMapping {
     pub protected: &'static [&'static str],
     /// The Partner Center columns.
     pub partner_center: PartnerCenterColumns,
+    /// How the CRM spells column names.
+    pub names: ColumnNames,
+}
+
+/// How a CRM spells its column names, for the mapping file's checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnNames {
+    /// Dataverse logical names: lowercase, digits and `_` (`address1_city`).
+    Logical,
+    /// Salesforce API names: letters, digits and `_`, custom ones ending `__c` (`BillingCity`).
+    Api,
+}
+
+impl ColumnNames {
+    /// Whether `name` is spelled as this CRM spells column names.
+    pub fn accepts(&self, name: &str) -> bool {
+        match self {
+            Self::Logical => rules::is_logical_name(name),
+            Self::Api => {
+                let mut chars = name.chars();
+                matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+                    && name.len() <= 80
+                    && !name.contains("___")
+                    && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            }
+        }
+    }
+
+    /// How to spell one, for messages.
+    pub fn example(&self) -> &'static str {
+        match self {
+            Self::Logical => "a column logical name (lowercase, e.g. address1_city)",
+            Self::Api => "a field API name (e.g. BillingCity or Partner_Center_Link__c)",
+        }
+    }
 }
 
 impl TableMapping {

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::{
     TableMapping,
-    rules::{MapError, Source, same_value},
+    rules::{ColumnKind, MapError, Source, same_value},
 };
 use crate::{
     crm::{CrmRecord, Outcome, RecordKind, RecordState},
@@ -215,9 +215,14 @@ impl TableMapping {
             out.insert(column.clone(), Value::Bool(true));
         }
         if let Some(column) = &pc.help
-            && let Some(value) = help_choice(referral)
+            && let Some((code, value)) = help_choice(referral)
         {
-            out.insert(column.clone(), Value::from(value));
+            // A picklist (Salesforce) holds the code; a choice column (Dataverse) its value.
+            let value = match self.kind_of(column) {
+                ColumnKind::Text { .. } => Value::from(code),
+                _ => Value::from(value),
+            };
+            out.insert(column.clone(), value);
         }
         if let Some(column) = &pc.solutions
             && let Some(text) = solutions_text(referral)
@@ -360,14 +365,14 @@ pub fn referral_link(referral: &Referral, policy: &WriteBackPolicy) -> String {
     policy.link_template.replace("{id}", referral.id().as_str())
 }
 
-/// The choice value of `inviteContext.assistanceRequestCode`, when it is one of the six.
-pub fn help_choice(referral: &Referral) -> Option<i64> {
+/// `inviteContext.assistanceRequestCode` and its choice value, when it is one of the six.
+pub fn help_choice(referral: &Referral) -> Option<(&'static str, i64)> {
     let context = lookup(referral.document(), "inviteContext")?.as_object()?;
     let code = lookup(context, "assistanceRequestCode")?.as_str()?;
     HELP_CHOICES
         .iter()
         .find(|(name, _, _)| name.eq_ignore_ascii_case(code))
-        .map(|(_, value, _)| *value)
+        .map(|(name, value, _)| (*name, *value))
 }
 
 /// `details.requirements.solutions` as `id (name)` entries joined by `; `, at most 4,000

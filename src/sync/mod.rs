@@ -299,7 +299,11 @@ impl SyncMessage {
                     .ok_or_else(|| {
                         SyncError::Malformed(format!("table `{table}` is not lead or opportunity"))
                     })?;
-                let record_id = record_id.trim().to_ascii_lowercase();
+                // Dataverse ids are GUIDs (any case); Salesforce ids are case-sensitive.
+                let record_id = match uuid::Uuid::parse_str(record_id.trim()) {
+                    Ok(guid) => guid.to_string(),
+                    Err(_) => record_id.trim().to_owned(),
+                };
                 if record_id.is_empty() {
                     return Err(SyncError::Malformed(format!(
                         "{expected}: recordId is empty"
@@ -427,7 +431,7 @@ mod tests {
                 ),
                 SyncMessage::Record {
                     kind: RecordKind::Opportunity,
-                    record_id: "ab12".into(),
+                    record_id: "AB12".into(),
                 },
             ),
         ];

@@ -1,7 +1,8 @@
 //! CRM → Partner Center, first time: an opportunity a seller marked "Sync with Partner Center"
 //! becomes exactly one referral. Checked before any request (the reasons go to the status
-//! column); claimed with a conditional write of the status column, so of two overlapping runs
-//! only one creates; created once (only a 429 is retried); and when the answer to the create
+//! column); claimed through [`crate::crm::Crm::claim`] (a conditional write of the status
+//! column, or in Salesforce a conditional blob write), so of two overlapping runs only one
+//! creates; created once (only a 429 is retried); and when the answer to the create
 //! was lost, the next attempt finds the referral by its `externalReferenceId` among the
 //! outgoing referrals created since the claim and links it instead of creating another.
 
@@ -114,7 +115,7 @@ impl Syncer {
         claim.insert(status_column, Value::from(claim_text(&utc_seconds(now))));
         let claimed = match self
             .crm
-            .update_record(&record, &claim, &table.select_columns())
+            .claim(&record, &claim, &table.select_columns())
             .await
         {
             Ok(claimed) => claimed,

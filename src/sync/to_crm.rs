@@ -117,6 +117,17 @@ impl Syncer {
             if wrote_record {
                 written.get_or_insert(outcome.clone());
             }
+            // Without conditional CRM writes a sync holding an older referral may have written
+            // after one holding a newer: whoever sees the referral moved writes again.
+            if wrote_record && write && !self.crm.conditional_writes() {
+                let newest = self.read_referral(id).await?;
+                if newest.e_tag() != referral.e_tag() {
+                    tracing::info!(
+                        "the referral changed while its record was written; writing it again"
+                    );
+                    continue;
+                }
+            }
             let table = self.mappings.table(record.kind);
             let closed = close_outcome(&referral, &record, &policy);
             if let Some(outcome) = &closed

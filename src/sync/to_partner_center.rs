@@ -82,15 +82,21 @@ pub struct PollOutcome {
     pub failed: usize,
     /// Records skipped: reported and unchanged since.
     pub skipped: usize,
+    /// Why the run stopped before syncing every record (the CRM's API budget).
+    pub stopped: Option<String>,
 }
 
 impl PollOutcome {
     /// One line for the logs.
     pub fn line(&self) -> String {
-        format!(
+        let line = format!(
             "{} read: {} synced ({} with changes), {} failed, {} skipped (reported, unchanged)",
             self.read, self.synced, self.changed, self.failed, self.skipped
-        )
+        );
+        match &self.stopped {
+            Some(why) => format!("{line}; stopped early, the rest is read again next run: {why}"),
+            None => line,
+        }
     }
 }
 
@@ -188,9 +194,19 @@ impl Syncer {
         settings: &PollSettings,
         now: OffsetDateTime,
     ) -> Result<PollOutcome, CrmError> {
-        let (records, skipped_count, work) = self.poll_work(&state, settings, now).await?;
+        let (records, skipped_count, work, until) = self.poll_work(&state, settings, now).await?;
+        let stopped = std::sync::Mutex::new(None::<String>);
+        let stopped = &stopped;
         let results: Vec<_> = stream::iter(work)
             .map(|item| async move {
+                if let Some(why) = self.crm().over_budget() {
+                    let mut first = stopped.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if first.is_none() {
+                        tracing::warn!(reason = %why, "CrmChanges: stopping early; the records not synced are read again by the next run");
+                        *first = Some(why);
+                    }
+                    return (item, Err(None));
+                }
                 let result = match &item {
                     Work::Linked(key, _) => self
                         .sync(key)
@@ -222,6 +238,10 @@ impl Syncer {
             changed: 0,
             failed: 0,
             skipped: skipped_count,
+            stopped: stopped
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
         };
         let mut pending = Vec::new();
         for (item, result) in &results {
@@ -273,7 +293,8 @@ impl Syncer {
             }
         }
         let pending: Vec<Option<&str>> = pending.iter().map(Option::as_deref).collect();
-        state.since = Some(next_since(state.since.as_deref(), now, &pending));
+        let read_until = until.as_deref().and_then(parse).map_or(now, |u| u.min(now));
+        state.since = Some(next_since(state.since.as_deref(), read_until, &pending));
         outcome.state = state;
         Ok(outcome)
     }
@@ -285,7 +306,7 @@ impl Syncer {
         settings: &PollSettings,
         now: OffsetDateTime,
     ) -> Result<Vec<String>, SyncError> {
-        let (_, _, work) = self.poll_work(state, settings, now).await?;
+        let (_, _, work, _) = self.poll_work(state, settings, now).await?;
         let mut lines = Vec::new();
         for item in work {
             match item {
@@ -311,9 +332,10 @@ impl Syncer {
         state: &PollState,
         settings: &PollSettings,
         now: OffsetDateTime,
-    ) -> Result<(usize, usize, Vec<Work>), CrmError> {
+    ) -> Result<(usize, usize, Vec<Work>, Option<String>), CrmError> {
         let from = read_from(state, settings, now);
         let mut records = Vec::new();
+        let mut until: Option<String> = None;
         for kind in self.polled_kinds() {
             let table = self.mappings.table(*kind);
             let flag = match kind {
@@ -321,11 +343,16 @@ impl Syncer {
                 RecordKind::Lead => None,
             };
             let columns = table.select_columns();
-            records.extend(
-                self.crm()
-                    .changed_since(*kind, &from, flag, &columns)
-                    .await?,
-            );
+            let changes = self
+                .crm()
+                .changed_since(*kind, &from, flag, &columns)
+                .await?;
+            records.extend(changes.records);
+            // The earliest bound of all tables: none of them is read past it.
+            until = match (until, changes.until) {
+                (Some(a), Some(b)) => Some(if parse(&b) < parse(&a) { b } else { a }),
+                (a, b) => a.or(b),
+            };
         }
         let read = records.len();
         let mut seen = HashSet::new();
@@ -352,7 +379,7 @@ impl Syncer {
                 None => {}
             }
         }
-        Ok((read, skipped_count, work))
+        Ok((read, skipped_count, work, until))
     }
 }
 

@@ -1,13 +1,14 @@
 //! Everything ReferralSync talks to, faked on 127.0.0.1: the Entra token endpoint over https
-//! (azure_identity insists on it; trusted through the test root), Partner Center and
-//! Dataverse, plus the settings variables that point the connector at them.
+//! (azure_identity insists on it; trusted through the test root), Partner Center, Dataverse
+//! and a Salesforce org (with the connector's fields), plus the settings variables that point
+//! the connector at them.
 
 use std::{collections::HashMap, io::Write};
 
 use serde_json::{Value, json};
 
 use crate::{
-    fakes::{FakeDataverse, FakeEntra, FakePartnerCenter},
+    fakes::{FakeDataverse, FakeEntra, FakePartnerCenter, FakeSalesforce},
     pki::TestPki,
     tls,
 };
@@ -29,6 +30,8 @@ pub struct SyncWorld {
     pub partner_center: FakePartnerCenter,
     /// Dataverse Web API.
     pub dataverse: FakeDataverse,
+    /// Salesforce org (used with [`SyncWorld::salesforce_vars`]).
+    pub salesforce: FakeSalesforce,
     root_file: tempfile::NamedTempFile,
 }
 
@@ -39,6 +42,7 @@ impl SyncWorld {
         let entra = FakeEntra::start_tls(tls::acceptor(&pki.tls_server()), "127.0.0.1").await;
         let partner_center = FakePartnerCenter::start().await;
         let dataverse = FakeDataverse::start(KEY_COLUMN).await;
+        let salesforce = FakeSalesforce::start().await.with_connector_fields();
         let mut root_file = tempfile::NamedTempFile::new().expect("temp file");
         root_file
             .write_all(&pki.root.cert_pem())
@@ -48,8 +52,25 @@ impl SyncWorld {
             entra,
             partner_center,
             dataverse,
+            salesforce,
             root_file,
         }
+    }
+
+    /// [`SyncWorld::vars`] for `CRM=salesforce`: the Salesforce fake with client credentials,
+    /// and a poll that reads up to the fake's clock (no lag).
+    pub fn salesforce_vars(&self) -> HashMap<String, String> {
+        let mut vars = self.vars();
+        for (k, v) in [
+            ("CRM", "salesforce".to_owned()),
+            ("SALESFORCE_URL", self.salesforce.base_url()),
+            ("SALESFORCE_CLIENT_ID", self.salesforce.client_id()),
+            ("SALESFORCE_CLIENT_SECRET", self.salesforce.client_secret()),
+            ("SALESFORCE_POLL_LAG_SECONDS", "0".to_owned()),
+        ] {
+            vars.insert(k.to_owned(), v);
+        }
+        vars
     }
 
     /// The settings a user would set, pointing at the fakes.
@@ -181,4 +202,35 @@ pub fn shared_opportunity(dv: &FakeDataverse, customer: &str) -> String {
             "_transactioncurrencyid_value": usd,
         }),
     )
+}
+
+/// A seller's opportunity marked "Sync with Partner Center" in the Salesforce fake: an account
+/// in the United States (`customer` is its name), a primary contact role for a contact with
+/// name and email, amount, close date, Microsoft help and one solution. Returns its id.
+pub fn shared_salesforce_opportunity(sf: &FakeSalesforce, customer: &str) -> String {
+    let account = sf.insert(
+        "Account",
+        json!({"Name": customer, "BillingStreet": "1 Main St", "BillingCity": "Redmond",
+               "BillingState": "WA", "BillingPostalCode": "98052",
+               "BillingCountry": "United States"}),
+    );
+    let contact = sf.insert(
+        "Contact",
+        json!({"FirstName": "Avery", "LastName": "Howard", "Email": "avery@example.test",
+               "Phone": "+1 425 555 0100", "AccountId": account}),
+    );
+    let opportunity = sf.insert(
+        "Opportunity",
+        json!({"Name": format!("{customer} Azure migration"), "StageName": "Prospecting",
+               "Amount": 25000, "CloseDate": "2027-03-31", "Description": "Move 40 VMs",
+               "AccountId": account, "Sync_with_Partner_Center__c": true,
+               "How_can_Microsoft_help__c": "ProofOfConceptOrDemo",
+               "Partner_Center_Solutions__c": "SOL-1234-PQRS"}),
+    );
+    sf.insert(
+        "OpportunityContactRole",
+        json!({"OpportunityId": opportunity, "ContactId": contact, "IsPrimary": true,
+               "Role": "Decision Maker"}),
+    );
+    opportunity
 }

@@ -3,20 +3,29 @@
 //! every CRM adapter through the real ReferralSync function. A new adapter or table is done
 //! when `conformance!` passes for it.
 
-use std::{future::Future, io::Write};
+use std::{collections::HashMap, future::Future, io::Write};
 
 use serde_json::{Value, json};
 use testkit::{
-    fakes::Fault,
+    fakes::{Fault, Recorded},
     sync_world::{KEY_COLUMN, SyncWorld, queue_envelope, referral, sync_message},
 };
 
-use crate::helpers::{REFERRAL_ID, TestApp, sync_settings};
+use crate::helpers::{REFERRAL_ID, TestApp, settings_from};
 
 /// One table of one CRM, as the scenarios see it through its local fake.
 pub trait Table: Sync {
     /// The `SYNC_TARGET` that sends referrals to this table.
     fn target(&self) -> &'static str;
+    /// The settings that select this CRM, pointing at its fake.
+    fn vars(&self, w: &SyncWorld) -> HashMap<String, String>;
+    /// The mapping file every scenario runs with: notes flow to the description on every
+    /// sync, so the update scenario has a Partner Center → CRM column on every table.
+    fn mapping(&self) -> &'static str;
+    /// The description column, which holds the referral's notes.
+    fn notes(&self) -> &'static str;
+    /// The sync status, link and audit columns.
+    fn status_link_audit(&self) -> [&'static str; 3];
     /// The record with this referral key, as the fake holds it.
     fn record(&self, w: &SyncWorld, key: &str) -> Option<Value>;
     /// How many records carry this key.
@@ -29,8 +38,16 @@ pub trait Table: Sync {
     fn lost_reason(&self) -> &'static str;
     /// Successful data writes on the fake.
     fn writes(&self, w: &SyncWorld) -> usize;
-    /// The path fragment of this table's row URLs, for fault injection.
-    fn path(&self) -> &'static str;
+    /// Requests the CRM fake received.
+    fn requests(&self, w: &SyncWorld) -> Vec<Recorded>;
+    /// Forgets the CRM fake's requests.
+    fn clear_requests(&self, w: &SyncWorld);
+    /// The write requests to this table's records.
+    fn record_writes(&self, w: &SyncWorld) -> Vec<Recorded>;
+    /// Arms the CRM side of a write race: the next write to the record is refused as changed
+    /// (`true`: the referral changes before the sync), or held back before it lands (`false`:
+    /// the referral changes while the write is in flight).
+    fn arm_race(&self, w: &SyncWorld) -> bool;
     /// How the record ends after its referral is closed in Partner Center as lost.
     fn closed_from_referral(&self, record: &Value) -> bool;
 }
@@ -39,8 +56,87 @@ pub trait Table: Sync {
 pub struct DataverseLead;
 /// Dataverse `opportunity`.
 pub struct DataverseOpportunity;
+/// Salesforce `Lead`.
+pub struct SalesforceLead;
+/// Salesforce `Opportunity`.
+pub struct SalesforceOpportunity;
+
+const DATAVERSE_MAPPING: &str = r#"{"tables": {
+    "lead": {"columns": {"description": {"from": "details.notes"}}},
+    "opportunity": {"columns": {"description": {"from": "details.notes"}}}
+}}"#;
+
+const SALESFORCE_MAPPING: &str = r#"{"tables": {
+    "Lead": {"columns": {"Description": {"from": "details.notes"}}},
+    "Opportunity": {"columns": {"Description": {"from": "details.notes"}}}
+}}"#;
+
+/// What the Dataverse tables share.
+trait DataverseTable {
+    fn path(&self) -> &'static str;
+}
+
+macro_rules! dataverse_common {
+    () => {
+        fn vars(&self, w: &SyncWorld) -> HashMap<String, String> {
+            w.vars()
+        }
+        fn mapping(&self) -> &'static str {
+            DATAVERSE_MAPPING
+        }
+        fn notes(&self) -> &'static str {
+            "description"
+        }
+        fn status_link_audit(&self) -> [&'static str; 3] {
+            [
+                "new_partnercentersyncstatus",
+                "new_partnercenterlink",
+                "new_partnercenteraudit",
+            ]
+        }
+        fn writes(&self, w: &SyncWorld) -> usize {
+            w.dataverse.write_count()
+        }
+        fn requests(&self, w: &SyncWorld) -> Vec<Recorded> {
+            w.dataverse.requests()
+        }
+        fn clear_requests(&self, w: &SyncWorld) {
+            w.dataverse.clear_requests();
+        }
+        fn record_writes(&self, w: &SyncWorld) -> Vec<Recorded> {
+            let writes = w.dataverse.requests_matching("PATCH", self.path());
+            for write in &writes {
+                assert!(
+                    write
+                        .header("if-match")
+                        .is_some_and(|v| v.starts_with("W/")),
+                    "every Dataverse update is conditional on the version read"
+                );
+            }
+            writes
+        }
+        fn arm_race(&self, w: &SyncWorld) -> bool {
+            w.dataverse
+                .inject(Fault::status(412).on("PATCH", self.path()).times(1));
+            true
+        }
+    };
+}
+
+impl DataverseTable for DataverseLead {
+    fn path(&self) -> &'static str {
+        "leads("
+    }
+}
+
+impl DataverseTable for DataverseOpportunity {
+    fn path(&self) -> &'static str {
+        "opportunities("
+    }
+}
 
 impl Table for DataverseLead {
+    dataverse_common!();
     fn target(&self) -> &'static str {
         "lead"
     }
@@ -63,12 +159,6 @@ impl Table for DataverseLead {
     fn lost_reason(&self) -> &'static str {
         "No Longer Interested"
     }
-    fn writes(&self, w: &SyncWorld) -> usize {
-        w.dataverse.write_count()
-    }
-    fn path(&self) -> &'static str {
-        "leads("
-    }
     fn closed_from_referral(&self, record: &Value) -> bool {
         // Leads are never closed from Partner Center.
         record["statecode"] == 0
@@ -76,6 +166,7 @@ impl Table for DataverseLead {
 }
 
 impl Table for DataverseOpportunity {
+    dataverse_common!();
     fn target(&self) -> &'static str {
         "opportunity"
     }
@@ -102,23 +193,116 @@ impl Table for DataverseOpportunity {
     fn lost_reason(&self) -> &'static str {
         "Out-Sold"
     }
-    fn writes(&self, w: &SyncWorld) -> usize {
-        w.dataverse.write_count()
-    }
-    fn path(&self) -> &'static str {
-        "opportunities("
-    }
     fn closed_from_referral(&self, record: &Value) -> bool {
         record["statecode"] == 2 && record["statuscode"] == 4
     }
 }
 
-/// The mapping every scenario runs with: notes flow to `description` on every sync, so the
-/// update scenario has a Partner Center → CRM column on every table.
-const MAPPING: &str = r#"{"tables": {
-    "lead": {"columns": {"description": {"from": "details.notes"}}},
-    "opportunity": {"columns": {"description": {"from": "details.notes"}}}
-}}"#;
+/// What the Salesforce objects share.
+trait SalesforceObject {
+    fn object(&self) -> &'static str;
+}
+
+impl SalesforceObject for SalesforceLead {
+    fn object(&self) -> &'static str {
+        "Lead"
+    }
+}
+
+impl SalesforceObject for SalesforceOpportunity {
+    fn object(&self) -> &'static str {
+        "Opportunity"
+    }
+}
+
+macro_rules! salesforce_common {
+    () => {
+        fn vars(&self, w: &SyncWorld) -> HashMap<String, String> {
+            w.salesforce_vars()
+        }
+        fn mapping(&self) -> &'static str {
+            SALESFORCE_MAPPING
+        }
+        fn notes(&self) -> &'static str {
+            "Description"
+        }
+        fn status_link_audit(&self) -> [&'static str; 3] {
+            [
+                "Partner_Center_Sync_Status__c",
+                "Partner_Center_Link__c",
+                "Partner_Center_Audit__c",
+            ]
+        }
+        fn record(&self, w: &SyncWorld, key: &str) -> Option<Value> {
+            w.salesforce
+                .find_by_referral_id(self.object(), key)
+                .into_iter()
+                .next()
+        }
+        fn count(&self, w: &SyncWorld, key: &str) -> usize {
+            w.salesforce.find_by_referral_id(self.object(), key).len()
+        }
+        fn id(&self, record: &Value) -> String {
+            record["Id"].as_str().unwrap_or_default().to_owned()
+        }
+        fn writes(&self, w: &SyncWorld) -> usize {
+            w.salesforce.write_count()
+        }
+        fn requests(&self, w: &SyncWorld) -> Vec<Recorded> {
+            w.salesforce.requests()
+        }
+        fn clear_requests(&self, w: &SyncWorld) {
+            w.salesforce.clear_requests();
+        }
+        fn record_writes(&self, w: &SyncWorld) -> Vec<Recorded> {
+            w.salesforce
+                .requests_matching("PATCH", &format!("/sobjects/{}/", self.object()))
+        }
+        fn arm_race(&self, w: &SyncWorld) -> bool {
+            w.salesforce.inject(
+                Fault::delayed(std::time::Duration::from_millis(400))
+                    .on("PATCH", &format!("/sobjects/{}/", self.object())),
+            );
+            false
+        }
+    };
+}
+
+impl Table for SalesforceLead {
+    salesforce_common!();
+    fn target(&self) -> &'static str {
+        "lead"
+    }
+    fn seller_loses(&self, w: &SyncWorld, key: &str) {
+        let id = self.id(&self.record(w, key).expect("lead"));
+        w.salesforce
+            .set_field(&id, "Status", json!("Closed - Not Converted"));
+    }
+    fn lost_reason(&self) -> &'static str {
+        "Closed - Not Converted"
+    }
+    fn closed_from_referral(&self, record: &Value) -> bool {
+        // Leads are never closed from Partner Center.
+        record["Status"] == "Open - Not Contacted"
+    }
+}
+
+impl Table for SalesforceOpportunity {
+    salesforce_common!();
+    fn target(&self) -> &'static str {
+        "opportunity"
+    }
+    fn seller_loses(&self, w: &SyncWorld, key: &str) {
+        let id = self.id(&self.record(w, key).expect("opportunity"));
+        w.salesforce.set_stage(&id, "Closed Lost");
+    }
+    fn lost_reason(&self) -> &'static str {
+        "Closed Lost"
+    }
+    fn closed_from_referral(&self, record: &Value) -> bool {
+        record["StageName"] == "Closed Lost" && record["IsClosed"] == true
+    }
+}
 
 /// The fakes, the handler and the mapping file.
 pub struct World {
@@ -136,15 +320,16 @@ impl World {
         fakes.partner_center.insert_referral(referral(REFERRAL_ID));
         let mut mapping = tempfile::NamedTempFile::new().expect("temp file");
         mapping
-            .write_all(MAPPING.as_bytes())
+            .write_all(table.mapping().as_bytes())
             .expect("write mapping");
         let path = mapping.path().display().to_string();
-        let mut vars = vec![
-            ("SYNC_TARGET", table.target()),
-            ("REFERRAL_MAPPING_FILE", path.as_str()),
-        ];
-        vars.extend_from_slice(extra);
-        let app = TestApp::spawn(&sync_settings(&fakes, &vars)).await;
+        let mut vars = table.vars(&fakes);
+        vars.insert("SYNC_TARGET".into(), table.target().into());
+        vars.insert("REFERRAL_MAPPING_FILE".into(), path);
+        for (k, v) in extra {
+            vars.insert((*k).into(), (*v).into());
+        }
+        let app = TestApp::spawn(&settings_from(&fakes, vars)).await;
         Self {
             fakes,
             app,
@@ -193,20 +378,21 @@ pub async fn create(table: &dyn Table) {
     );
     assert_eq!(table.count(&w.fakes, REFERRAL_ID), 1);
     let record = table.record(&w.fakes, REFERRAL_ID).expect("record");
-    assert_eq!(record["description"], "Wants help moving 40 VMs");
+    let [status, link, audit] = table.status_link_audit();
+    assert_eq!(record[table.notes()], "Wants help moving 40 VMs");
     assert!(
-        record["new_partnercentersyncstatus"]
+        record[status]
             .as_str()
             .is_some_and(|s| s.starts_with("synced 20")),
         "{record}"
     );
     assert!(
-        record["new_partnercenterlink"]
+        record[link]
             .as_str()
             .is_some_and(|s| s.ends_with(REFERRAL_ID)),
         "{record}"
     );
-    let audit = record["new_partnercenteraudit"].as_str().unwrap_or("");
+    let audit = record[audit].as_str().unwrap_or("");
     assert_eq!(audit.lines().count(), 1, "{audit}");
     assert!(
         audit.contains(&format!("created the {}", table.target())),
@@ -227,11 +413,11 @@ pub async fn replay_is_a_no_op(table: &dyn Table) {
     let (writes, patches) = (table.writes(&w.fakes), w.patches());
     let record = table.record(&w.fakes, REFERRAL_ID).expect("record");
     for _ in 0..2 {
-        w.fakes.dataverse.clear_requests();
+        table.clear_requests(&w.fakes);
         w.fakes.partner_center.clear_requests();
         let log = w.sync_ok().await;
         assert!(log.contains("unchanged"), "{log}");
-        let requests = w.fakes.dataverse.requests().len() + w.fakes.partner_center.requests().len();
+        let requests = table.requests(&w.fakes).len() + w.fakes.partner_center.requests().len();
         assert_eq!(requests, 2, "a no-op is one CRM read and one referral read");
     }
     assert_eq!(table.writes(&w.fakes), writes, "no CRM write on replay");
@@ -252,29 +438,24 @@ pub async fn update(table: &dyn Table) {
     w.fakes
         .partner_center
         .set_referral_field(REFERRAL_ID, "/details/notes", json!("Now 60 VMs"));
-    w.fakes.dataverse.clear_requests();
+    table.clear_requests(&w.fakes);
     let log = w.sync_ok().await;
     assert!(
         log.contains(&format!("{} updated", table.target())),
         "{log}"
     );
     let record = table.record(&w.fakes, REFERRAL_ID).expect("record");
-    assert_eq!(record["description"], "Now 60 VMs");
-    let writes = w.fakes.dataverse.requests_matching("PATCH", table.path());
+    assert_eq!(record[table.notes()], "Now 60 VMs");
+    let writes = table.record_writes(&w.fakes);
     assert_eq!(writes.len(), 1);
-    assert_eq!(writes[0].json()["description"], "Now 60 VMs");
-    assert!(
-        writes[0]
-            .header("if-match")
-            .is_some_and(|v| v.starts_with("W/"))
-    );
+    assert_eq!(writes[0].json()[table.notes()], "Now 60 VMs");
     assert_eq!(w.patches(), patches, "nothing new to write back");
-    let audit = record["new_partnercenteraudit"].as_str().unwrap_or("");
+    let audit = record[table.status_link_audit()[2]].as_str().unwrap_or("");
     assert!(
         audit
             .lines()
             .next()
-            .is_some_and(|l| l.contains("updated") && l.contains("description")),
+            .is_some_and(|l| l.contains("updated") && l.contains(table.notes())),
         "{audit}"
     );
 }
@@ -299,22 +480,46 @@ pub async fn concurrent_first_syncs(table: &dyn Table) {
     assert_eq!(referral["status"], "Active");
 }
 
-/// A 412 on the CRM write (someone changed the record in between) is re-read and retried.
+/// A write that races a change ends with the newest referral: a 412 on the CRM write
+/// (someone changed the record in between) is re-read and retried; where the CRM has no
+/// conditional writes, a referral that moved while the write was in flight is written again.
 pub async fn conflict_is_re_read(table: &dyn Table) {
     let w = World::start(table, &[]).await;
     w.sync_ok().await;
+    let change = || {
+        w.fakes.partner_center.set_referral_field(
+            REFERRAL_ID,
+            "/details/notes",
+            json!("After the race"),
+        )
+    };
     w.fakes.partner_center.set_referral_field(
         REFERRAL_ID,
         "/details/notes",
-        json!("After the race"),
+        json!("Before the race"),
     );
-    w.fakes
-        .dataverse
-        .inject(Fault::status(412).on("PATCH", table.path()).times(1));
-    w.sync_ok().await;
+    table.clear_requests(&w.fakes);
+    if table.arm_race(&w.fakes) {
+        change();
+        w.sync_ok().await;
+    } else {
+        let during = async {
+            while table.record_writes(&w.fakes).is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            change();
+        };
+        let (_, log) = tokio::join!(during, w.sync_ok());
+        assert!(log.contains("updated"), "{log}");
+        let sent: Vec<Value> = table
+            .record_writes(&w.fakes)
+            .iter()
+            .map(|r| r.json()[table.notes()].clone())
+            .collect();
+        assert_eq!(sent, [json!("Before the race"), json!("After the race")]);
+    }
     let record = table.record(&w.fakes, REFERRAL_ID).expect("record");
-    assert_eq!(record["description"], "After the race");
-    assert_eq!(w.fakes.dataverse.injected_faults(), 1);
+    assert_eq!(record[table.notes()], "After the race");
 }
 
 /// A referral closed in Partner Center is never patched; an open opportunity is closed once,
@@ -411,3 +616,5 @@ macro_rules! conformance {
 
 conformance!(dataverse_lead, DataverseLead);
 conformance!(dataverse_opportunity, DataverseOpportunity);
+conformance!(salesforce_lead, SalesforceLead);
+conformance!(salesforce_opportunity, SalesforceOpportunity);

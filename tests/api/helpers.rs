@@ -112,10 +112,19 @@ pub fn webhook_settings(world: &CertWorld) -> Settings {
 /// Settings pointing the sync at the fakes, with short in-process retries.
 pub fn sync_settings(fakes: &testkit::sync_world::SyncWorld, extra: &[(&str, &str)]) -> Settings {
     let mut vars = fakes.vars();
-    vars.insert("SYNC_RETRY_BUDGET_SECONDS".into(), "3".into());
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());
     }
+    settings_from(fakes, vars)
+}
+
+/// Settings from `vars` (a world's variables and more), with short in-process retries.
+pub fn settings_from(
+    fakes: &testkit::sync_world::SyncWorld,
+    mut vars: std::collections::HashMap<String, String>,
+) -> Settings {
+    vars.entry("SYNC_RETRY_BUDGET_SECONDS".into())
+        .or_insert_with(|| "3".into());
     let mut settings = Settings::from_vars(&vars).expect("settings");
     settings.http.extra_root_pems = vec![fakes.root_pem()];
     settings.sync.retry_min_delay = std::time::Duration::from_millis(20);

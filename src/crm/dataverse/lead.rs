@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::{
     crm::{RecordKind, RecordState},
-    mapping::{ColumnKind, ColumnRule, Direction, PartnerCenterColumns, TableMapping},
+    mapping::{ColumnKind, ColumnNames, ColumnRule, Direction, PartnerCenterColumns, TableMapping},
 };
 
 /// Known lead columns and their types (lengths from the lead table reference).
@@ -83,6 +83,7 @@ pub fn mapping() -> TableMapping {
         rules: Vec::new(),
         known: KNOWN_COLUMNS,
         protected: PROTECTED,
+        names: ColumnNames::Logical,
         partner_center: PartnerCenterColumns {
             link: Some(super::LINK_COLUMN.into()),
             status: Some(super::STATUS_COLUMN.into()),

@@ -12,8 +12,8 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     crm::{
-        Account, Contact, Crm, CrmError, CrmRecord, Outcome, Prepared, RecordKind, ShareParty,
-        WriteMode,
+        Account, Changes, Contact, Crm, CrmError, CrmRecord, Outcome, Prepared, RecordKind,
+        ShareParty, WriteMode,
     },
     domain::{Referral, ReferralId, referral::lookup},
     mapping::TableMapping,
@@ -530,7 +530,7 @@ impl Crm for DataverseCrm {
         since: &str,
         flag: Option<&str>,
         columns: &[&str],
-    ) -> Result<Vec<CrmRecord>, CrmError> {
+    ) -> Result<Changes, CrmError> {
         let table = table(kind);
         let mut select = self.select(kind, columns);
         select.push("modifiedon");
@@ -551,7 +551,14 @@ impl Crm for DataverseCrm {
             .query_all(table, &select, &filter, &order)
             .await
             .map_err(|e| crm_error(kind, e))?;
-        rows.into_iter().map(|row| self.record(kind, row)).collect()
+        let records = rows
+            .into_iter()
+            .map(|row| self.record(kind, row))
+            .collect::<Result<_, _>>()?;
+        Ok(Changes {
+            records,
+            until: None,
+        })
     }
 }
 

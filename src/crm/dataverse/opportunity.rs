@@ -5,7 +5,7 @@
 
 use crate::{
     crm::{RecordKind, RecordState},
-    mapping::{ColumnKind, ColumnRule, Direction, PartnerCenterColumns, TableMapping},
+    mapping::{ColumnKind, ColumnNames, ColumnRule, Direction, PartnerCenterColumns, TableMapping},
 };
 
 /// Known opportunity columns and their types (../shared/spec/dataverse-opportunity.md §1).
@@ -44,6 +44,7 @@ pub fn mapping() -> TableMapping {
         rules: Vec::new(),
         known: KNOWN_COLUMNS,
         protected: PROTECTED,
+        names: ColumnNames::Logical,
         partner_center: PartnerCenterColumns {
             link: Some(super::LINK_COLUMN.into()),
             sync: Some(super::SYNC_COLUMN.into()),

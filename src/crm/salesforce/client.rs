@@ -144,7 +144,8 @@ struct Inner {
     /// for that one request instead of sending their own.
     token: tokio::sync::Mutex<Option<Arc<AccessToken>>>,
     usage: Mutex<Option<ApiUsage>>,
-    server_time: Mutex<Option<OffsetDateTime>>,
+    /// Salesforce's clock as last seen, and when it was seen on ours.
+    server_time: Mutex<Option<(OffsetDateTime, std::time::Instant)>>,
 }
 
 /// Salesforce REST client. Cheap to clone; clones share the token and the usage figures.
@@ -266,7 +267,13 @@ impl SalesforceClient {
 
     /// Salesforce's clock: the `Date` of the last answer (second precision).
     pub fn server_time(&self) -> Option<OffsetDateTime> {
-        *lock(&self.inner.server_time)
+        lock(&self.inner.server_time).map(|(date, _)| date)
+    }
+
+    /// Salesforce's clock now: the last `Date` seen plus the time elapsed on this machine
+    /// since (`None` before any answer carried one).
+    pub fn server_now(&self) -> Option<OffsetDateTime> {
+        lock(&self.inner.server_time).map(|(date, seen)| date + seen.elapsed())
     }
 
     /// Makes sure a token can be obtained (fetching one unless one is cached); sends no data
@@ -783,7 +790,7 @@ impl SalesforceClient {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_http_date)
         {
-            *lock(&self.inner.server_time) = Some(date);
+            *lock(&self.inner.server_time) = Some((date, std::time::Instant::now()));
         }
     }
 }

@@ -68,6 +68,8 @@ pub struct SalesforceSettings {
     pub api_budget_percent: u8,
     /// `SALESFORCE_POLL_LAG_SECONDS`: the change poll reads up to Salesforce's "now" minus this.
     pub poll_lag: Duration,
+    /// `SALESFORCE_NEW_STAGE`: the stage of an opportunity created for a referral.
+    pub new_stage: String,
 }
 
 impl SalesforceSettings {
@@ -119,6 +121,8 @@ impl SalesforceSettings {
             DEFAULT_POLL_LAG.as_secs(),
             0..=3600,
         )?);
+        let new_stage =
+            plain("SALESFORCE_NEW_STAGE")?.unwrap_or_else(|| super::DEFAULT_NEW_STAGE.to_owned());
         Ok(Self {
             url,
             client_id,
@@ -126,6 +130,7 @@ impl SalesforceSettings {
             api_version,
             api_budget_percent,
             poll_lag,
+            new_stage,
         })
     }
 }

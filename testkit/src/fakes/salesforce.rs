@@ -409,6 +409,15 @@ fn default_objects() -> BTreeMap<String, ObjectDef> {
             false,
         ),
         object(
+            "Organization",
+            "00D",
+            vec![
+                s("Name", T::String, 80).read_only(),
+                s("DefaultCurrencyIsoCode", T::Picklist, 3).read_only(),
+            ],
+            false,
+        ),
+        object(
             "PermissionSet",
             "0PS",
             vec![
@@ -580,6 +589,10 @@ impl State {
             f.insert("ForecastCategoryName".into(), json!(forecast));
             s.insert_raw("OpportunityStage", f, INTEGRATION_USER_ID);
         }
+        let mut org = Map::new();
+        org.insert("Name".into(), json!("Contoso Partner Org"));
+        org.insert("DefaultCurrencyIsoCode".into(), json!("USD"));
+        s.insert_raw("Organization", org, INTEGRATION_USER_ID);
         s
     }
 
