@@ -11,6 +11,7 @@ mod poison;
 mod reconcile;
 mod referral_sync;
 mod salesforce_client;
+mod salesforce_setup;
 mod schemas;
 mod status;
 mod webhook;
