@@ -449,7 +449,11 @@ async fn grant_fields(
                 )?;
             }
             Some(r) => {
-                let id = text(r, "Id").unwrap_or_default();
+                let id = text(r, "Id").ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "Salesforce answered a FieldPermissions row of {full} without an Id"
+                    )
+                })?;
                 let had = if flag(r, "PermissionsRead") {
                     "read only"
                 } else {
