@@ -629,6 +629,7 @@ impl SalesforceClient {
 
     /// The org and user the access token was issued to (fetching a token unless one is
     /// cached), from the token answer's identity URL; no data call.
+    #[tracing::instrument(skip_all)]
     pub async fn token_identity(&self) -> Result<TokenIdentity, SalesforceError> {
         self.token().await?;
         lock(&self.inner.identity).clone().ok_or_else(|| {
