@@ -146,6 +146,8 @@ struct Inner {
     usage: Mutex<Option<ApiUsage>>,
     /// Salesforce's clock as last seen, and when it was seen on ours.
     server_time: Mutex<Option<(OffsetDateTime, std::time::Instant)>>,
+    /// Who the last token was issued to.
+    identity: Mutex<Option<TokenIdentity>>,
 }
 
 /// Salesforce REST client. Cheap to clone; clones share the token and the usage figures.
@@ -195,6 +197,35 @@ enum Repeat {
 struct TokenBody {
     #[serde(default)]
     access_token: String,
+    /// The identity URL, `https://login.salesforce.com/id/{orgId}/{userId}`.
+    #[serde(default)]
+    id: String,
+}
+
+/// Who a token was issued to, read from the token answer's identity URL (`id`,
+/// `…/id/{orgId}/{userId}`): for client credentials the External Client App's Run As user,
+/// for JWT bearer the assertion's subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenIdentity {
+    /// The org's id (`00D…`).
+    pub org_id: String,
+    /// The user's id (`005…`).
+    pub user_id: String,
+}
+
+impl TokenIdentity {
+    /// Reads `…/id/{orgId}/{userId}` (the last two path segments after `id`).
+    pub fn from_id_url(text: &str) -> Option<Self> {
+        let url = Url::parse(text).ok()?;
+        let segments: Vec<&str> = url.path_segments()?.filter(|s| !s.is_empty()).collect();
+        match segments.as_slice() {
+            [.., "id", org, user] if !org.is_empty() && !user.is_empty() => Some(Self {
+                org_id: (*org).to_owned(),
+                user_id: (*user).to_owned(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -245,6 +276,7 @@ impl SalesforceClient {
                 token: tokio::sync::Mutex::new(None),
                 usage: Mutex::new(None),
                 server_time: Mutex::new(None),
+                identity: Mutex::new(None),
             }),
         })
     }
@@ -386,20 +418,21 @@ impl SalesforceClient {
     pub async fn query(&self, soql: &str) -> Result<Vec<Map<String, Value>>, SalesforceError> {
         let mut url = self.api("/query")?;
         url.query_pairs_mut().append_pair("q", soql);
+        self.all_pages("query", url).await
+    }
+
+    /// Every record from the query page at `url` and the pages after it.
+    async fn all_pages(
+        &self,
+        what: &str,
+        mut url: Url,
+    ) -> Result<Vec<Map<String, Value>>, SalesforceError> {
         let mut records = Vec::new();
         loop {
             let answer = self
-                .call(
-                    "query",
-                    Method::GET,
-                    url,
-                    None,
-                    &[],
-                    Repeat::Idempotent,
-                    None,
-                )
+                .call(what, Method::GET, url, None, &[], Repeat::Idempotent, None)
                 .await?;
-            let page: QueryPage = answer.json("query")?;
+            let page: QueryPage = answer.json(what)?;
             records.extend(page.records);
             match page.next_records_url {
                 Some(next) if !page.done => url = self.next_page(&next)?,
@@ -558,6 +591,61 @@ impl SalesforceClient {
         .json("describe")
     }
 
+    /// Every record a Tooling API SOQL query returns (`GET …/tooling/query`), following
+    /// `nextRecordsUrl` like [`query`](Self::query).
+    #[tracing::instrument(skip_all)]
+    pub async fn tooling_query(
+        &self,
+        soql: &str,
+    ) -> Result<Vec<Map<String, Value>>, SalesforceError> {
+        let mut url = self.api("/tooling/query")?;
+        url.query_pairs_mut().append_pair("q", soql);
+        self.all_pages("tooling query", url).await
+    }
+
+    /// Creates a Tooling API record (`POST …/tooling/sobjects/{object}`, e.g. a
+    /// `CustomField` with `FullName` and `Metadata`) and returns its id. Retried in-process
+    /// only after 429, like [`create`](Self::create).
+    #[tracing::instrument(skip_all, fields(object = %object))]
+    pub async fn tooling_create(
+        &self,
+        object: &str,
+        body: &Value,
+    ) -> Result<String, SalesforceError> {
+        let mut url = self.api("/tooling/sobjects")?;
+        url.path_segments_mut()
+            .map_err(|()| SalesforceError::Url(format!("{} cannot take a path", self.inner.base)))?
+            .push(object);
+        let answer = self
+            .call(
+                "tooling create",
+                Method::POST,
+                url,
+                Some(body),
+                &[],
+                Repeat::Once,
+                Some(object),
+            )
+            .await?;
+        let body: Value = answer.json("tooling create")?;
+        body.get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| SalesforceError::Decode("tooling create: answer without an id".into()))
+    }
+
+    /// The org and user the access token was issued to (fetching a token unless one is
+    /// cached), from the token answer's identity URL; no data call.
+    #[tracing::instrument(skip_all)]
+    pub async fn token_identity(&self) -> Result<TokenIdentity, SalesforceError> {
+        self.token().await?;
+        lock(&self.inner.identity).clone().ok_or_else(|| {
+            SalesforceError::Decode(
+                "the token answer had no identity URL (`id`) naming the user".into(),
+            )
+        })
+    }
+
     // -----------------------------------------------------------------------------------------
 
     fn api(&self, path: &str) -> Result<Url, SalesforceError> {
@@ -670,6 +758,7 @@ impl SalesforceClient {
                 "the token endpoint answered without an access_token".into(),
             ));
         }
+        *lock(&self.inner.identity) = TokenIdentity::from_id_url(&token.id);
         tracing::info!("obtained a Salesforce access token");
         Ok(AccessToken(token.access_token))
     }
@@ -985,6 +1074,24 @@ mod tests {
             "/services/oauth2/token",
         ] {
             assert!(next_page_url(&base, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn identity_urls_name_the_org_and_the_user() {
+        let id = TokenIdentity::from_id_url(
+            "https://login.salesforce.com/id/00D5g000004ABCDEAA/0055g00000AbCdEAAA",
+        )
+        .unwrap();
+        assert_eq!(id.org_id, "00D5g000004ABCDEAA");
+        assert_eq!(id.user_id, "0055g00000AbCdEAAA");
+        for bad in [
+            "",
+            "not a url",
+            "https://login.salesforce.com/id/00D5g000004ABCDEAA",
+            "https://login.salesforce.com/services/oauth2/userinfo",
+        ] {
+            assert!(TokenIdentity::from_id_url(bad).is_none(), "{bad}");
         }
     }
 

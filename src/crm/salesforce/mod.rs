@@ -5,7 +5,8 @@
 //! closes one, the change poll on `SystemModstamp`, and the share claim. Salesforce has no
 //! If-Match on these objects: creates are create-only through the unique external id
 //! (`DUPLICATE_VALUE` on a race), the core re-reads the referral after each write, and the
-//! share claim is a conditional blob write in the app's storage account.
+//! share claim is a conditional blob write in the app's storage account. `setup` creates the
+//! connector's fields and permission set and checks the org.
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,8 +30,9 @@ pub mod error;
 pub mod lead;
 pub mod opportunity;
 pub mod settings;
+pub mod setup;
 
-pub use client::{ApiUsage, SalesforceClient, UpsertOutcome};
+pub use client::{ApiUsage, SalesforceClient, TokenIdentity, UpsertOutcome};
 pub use error::SalesforceError;
 pub use settings::{SalesforceAuth, SalesforceSettings};
 

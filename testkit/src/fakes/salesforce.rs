@@ -1898,7 +1898,9 @@ fn check_unique(
             ));
         }
     }
-    if def.name == "FieldPermissions" {
+    // An update that leaves `Field` alone (only the permissions) keeps the field it had.
+    let names_field = own_id.is_none() || changes.contains_key("Field");
+    if def.name == "FieldPermissions" && names_field {
         let object = changes
             .get("SobjectType")
             .and_then(Value::as_str)
@@ -1917,9 +1919,14 @@ fn check_unique(
                 &["Field"],
             ));
         }
-        if changes.get("PermissionsEdit") == Some(&json!(true))
-            && changes.get("PermissionsRead") != Some(&json!(true))
-        {
+    }
+    if def.name == "FieldPermissions" {
+        let read = changes.get("PermissionsRead").or_else(|| {
+            own_id
+                .and_then(|id| s.records.get(id))
+                .and_then(|r| r.fields.get("PermissionsRead"))
+        });
+        if changes.get("PermissionsEdit") == Some(&json!(true)) && read != Some(&json!(true)) {
             return Err(sf_error(
                 400,
                 "FIELD_INTEGRITY_EXCEPTION",

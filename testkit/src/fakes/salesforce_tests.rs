@@ -1042,8 +1042,44 @@ async fn salesforce_tooling_custom_fields_and_field_permissions() {
     )
     .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
+    let grant_id = json_of(resp).await["id"].as_str().expect("id").to_owned();
     let resp = call(&sf, &t, "POST", "/sobjects/FieldPermissions", Some(grant)).await;
     assert_eq!(error_code(&json_of(resp).await), "DUPLICATE_VALUE");
+    // Updates name only the permissions; Edit still needs Read (sent or already held).
+    let grant_path = format!("/sobjects/FieldPermissions/{grant_id}");
+    let resp = call(
+        &sf,
+        &t,
+        "PATCH",
+        &grant_path,
+        Some(json!({"PermissionsRead": false, "PermissionsEdit": false})),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let patch = |edit: Value| {
+        call(
+            &sf,
+            &t,
+            "PATCH",
+            &grant_path,
+            Some(json!({"PermissionsEdit": edit})),
+        )
+    };
+    let resp = patch(json!(true)).await;
+    assert_eq!(
+        error_code(&json_of(resp).await),
+        "FIELD_INTEGRITY_EXCEPTION"
+    );
+    let resp = call(
+        &sf,
+        &t,
+        "PATCH",
+        &grant_path,
+        Some(json!({"PermissionsRead": true, "PermissionsEdit": true})),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(sf.get(&grant_id).expect("grant")["PermissionsEdit"], true);
     assert!(!describe().await, "granted but not yet assigned");
     let resp = call(
         &sf,
