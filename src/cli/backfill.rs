@@ -12,7 +12,7 @@ use crate::{
     config::Settings,
     domain::ReferralId,
     sync::{
-        SyncReport, Syncer,
+        SyncError, SyncReport, Syncer,
         reconcile::{self, Listing},
     },
 };
@@ -96,13 +96,22 @@ pub async fn run(
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let mut stopped: Option<String> = None;
+    let mut not_started = 0usize;
     let results: Vec<(ReferralId, Result<SyncReport, String>)> =
         reconcile::sync_all(&syncer, ids, options.concurrency, options.dry_run, || {
             bar.inc(1)
         })
         .await
         .into_iter()
-        .map(|(id, result)| (id, result.map_err(|e| e.to_string())))
+        .filter_map(|(id, result)| match result {
+            Err(SyncError::OverBudget(why)) => {
+                not_started += 1;
+                stopped.get_or_insert(why);
+                None
+            }
+            other => Some((id, other.map_err(|e| e.to_string()))),
+        })
         .collect();
     bar.finish_and_clear();
 
@@ -144,13 +153,19 @@ pub async fn run(
     for reason in &unreadable {
         writeln!(out, "failed (unreadable list item): {reason}")?;
     }
+    if let Some(why) = &stopped {
+        writeln!(
+            out,
+            "stopped early, {not_started} not synced: {why}; run the same backfill again later (what is done stays done)"
+        )?;
+    }
     if !failures.is_empty() {
         writeln!(
             out,
             "run `referral-connector sync <id>` for each failed referral once the cause is fixed"
         )?;
     }
-    Ok(failures.is_empty() && unreadable.is_empty())
+    Ok(failures.is_empty() && unreadable.is_empty() && stopped.is_none())
 }
 
 #[cfg(test)]

@@ -102,9 +102,12 @@ pub async fn run(
         }
     }
 
-    match DataverseClient::from_settings(settings, http) {
-        Err(e) => report.fail("Dataverse", &e.to_string(), "set DATAVERSE_URL and AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET (or use a managed identity)")?,
-        Ok(client) => check_dataverse(&mut report, &client, settings).await?,
+    match settings.crm {
+        crate::config::CrmChoice::Dataverse => match DataverseClient::from_settings(settings, http) {
+            Err(e) => report.fail("Dataverse", &e.to_string(), "set DATAVERSE_URL and AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET (or use a managed identity)")?,
+            Ok(client) => check_dataverse(&mut report, &client, settings).await?,
+        },
+        crate::config::CrmChoice::Salesforce => check_salesforce(&mut report, settings).await?,
     }
     check_watermarks(&mut report, settings).await?;
     writeln!(
@@ -113,6 +116,49 @@ pub async fn run(
         report.passed, report.failed
     )?;
     Ok(report.failed == 0)
+}
+
+/// Sign-in, the fields each target table reads and writes, and the stage table.
+async fn check_salesforce<W: Write>(
+    report: &mut Report<'_, W>,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let client = match super::setup::salesforce_client(settings) {
+        Ok(client) => client,
+        Err(e) => {
+            return Ok(report.fail(
+                "Salesforce",
+                &e.to_string(),
+                "set CRM=salesforce, SALESFORCE_URL, SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET (or SALESFORCE_USERNAME and SALESFORCE_PRIVATE_KEY)",
+            )?);
+        }
+    };
+    let fields: Vec<(&str, Vec<String>)> = settings
+        .sync
+        .target
+        .kinds()
+        .iter()
+        .map(|kind| {
+            let mut fields: Vec<String> = settings
+                .sync
+                .mappings
+                .table(*kind)
+                .select_columns()
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            fields.push(crate::crm::salesforce::KEY_FIELD.to_owned());
+            (crate::crm::salesforce::object(*kind), fields)
+        })
+        .collect();
+    let new_stage = settings.salesforce.require()?.new_stage.clone();
+    for finding in crate::crm::salesforce::setup::verify(&client, &fields, &new_stage).await {
+        match finding.result {
+            Ok(detail) => report.pass(&finding.what, &detail)?,
+            Err(problem) => report.fail(&finding.what, &problem.problem, &problem.fix)?,
+        }
+    }
+    Ok(())
 }
 
 async fn check_dataverse<W: Write>(

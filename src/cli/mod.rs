@@ -112,7 +112,7 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
-    /// Prepare Dataverse: the referral-id column on lead and its alternate key.
+    /// Prepare the CRM: the referral-id column or field and the Partner Center columns.
     Setup {
         /// What to prepare.
         #[command(subcommand)]
@@ -192,6 +192,9 @@ pub enum SetupTarget {
         #[arg(long, default_value = "10", value_parser = parse_seconds, value_name = "SECONDS", hide = true)]
         poll: Duration,
     },
+    /// Create the connector's fields on Lead and Opportunity through the Tooling API and a
+    /// permission set granting them to the integration user, if missing.
+    Salesforce,
 }
 
 /// Runs the command line: loads the settings, starts telemetry and dispatches. Returns whether
@@ -290,6 +293,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Setup {
             target: SetupTarget::Dataverse { timeout, poll },
         } => setup::dataverse(&settings, timeout, poll, out).await,
+        Command::Setup {
+            target: SetupTarget::Salesforce,
+        } => setup::salesforce(&settings, out).await,
     }
 }
 

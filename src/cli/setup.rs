@@ -1,6 +1,7 @@
 //! `setup dataverse`: creates, idempotently, the referral-id column and its alternate key on
 //! `lead` and `opportunity`, and the Partner Center columns (choice values included) of each
-//! table's mapping; publishes them, then waits until both keys are Active.
+//! table's mapping; publishes them, then waits until both keys are Active. `setup salesforce`:
+//! the connector's fields and their permission set, through the adapter's setup.
 
 use std::{io::Write, time::Duration};
 
@@ -104,4 +105,23 @@ pub async fn dataverse(
         writeln!(out, "waiting: key index is {}", waiting.join(", "))?;
         tokio::time::sleep(poll).await;
     }
+}
+
+/// `setup salesforce`: creates what is missing; returns `true` (errors name the fix).
+pub async fn salesforce(settings: &Settings, out: &mut impl Write) -> anyhow::Result<bool> {
+    let client = salesforce_client(settings)?;
+    crate::crm::salesforce::setup::setup(&client, out).await?;
+    Ok(true)
+}
+
+/// The Salesforce client the settings describe.
+pub(super) fn salesforce_client(
+    settings: &Settings,
+) -> anyhow::Result<crate::crm::salesforce::SalesforceClient> {
+    let sf = settings.salesforce.require()?;
+    Ok(crate::crm::salesforce::SalesforceClient::new(
+        crate::http::client(&settings.http)?,
+        sf,
+        crate::http::RetryPolicy::new(settings.sync.retry_budget, settings.sync.retry_min_delay),
+    )?)
 }

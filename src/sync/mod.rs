@@ -217,6 +217,9 @@ pub enum SyncError {
     /// 412s kept coming.
     #[error("the referral or its CRM record kept changing during the sync (412 on every attempt)")]
     Conflicts,
+    /// Not synced: a long run stopped early to leave the CRM's API allocation to its users.
+    #[error("stopped early, not synced: {0}")]
+    OverBudget(String),
 }
 
 /// What the queue function does with a failed message.
@@ -235,7 +238,7 @@ impl SyncError {
     pub fn disposition(&self) -> Disposition {
         let reason = self.to_string();
         let transient = match self {
-            Self::NotConfigured(_) | Self::Conflicts => true,
+            Self::NotConfigured(_) | Self::Conflicts | Self::OverBudget(_) => true,
             Self::PartnerCenter(e) => e.is_transient(),
             Self::Crm(e) => e.is_transient(),
             Self::Malformed(_) | Self::ReferralNotFound(_) | Self::Mapping(_) => false,

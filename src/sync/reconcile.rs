@@ -52,7 +52,8 @@ pub async fn list_updated(
 }
 
 /// Syncs (or with `dry_run` previews) each id, at most `concurrency` at a time; `progress`
-/// is called after each one.
+/// is called after each one. Once the CRM's API budget is used up the rest fail as
+/// [`SyncError::OverBudget`] without a request (a transient failure: a later run syncs them).
 pub async fn sync_all(
     syncer: &Syncer,
     ids: Vec<ReferralId>,
@@ -62,6 +63,9 @@ pub async fn sync_all(
 ) -> Vec<(ReferralId, Result<SyncReport, SyncError>)> {
     stream::iter(ids)
         .map(|id| async move {
+            if let Some(why) = syncer.crm().over_budget() {
+                return (id, Err(SyncError::OverBudget(why)));
+            }
             let result = if dry_run {
                 syncer.preview(&id).await
             } else {

@@ -11,6 +11,7 @@ mod poison;
 mod reconcile;
 mod referral_sync;
 mod salesforce_client;
+mod salesforce_commands;
 mod salesforce_setup;
 mod salesforce_sync;
 mod schemas;
