@@ -1,6 +1,7 @@
 //! HTTP requests per sync (create, update, no-op) and end-to-end syncs per second through the
-//! ReferralSync route against the local fakes, printed next to the fakes' raw round-trip rate
-//! measured in the same run. `cargo bench --bench sync`.
+//! ReferralSync route against the local fakes, for each CRM (Dataverse, Salesforce) and table,
+//! printed next to the fakes' raw round-trip rate measured in the same run.
+//! `cargo bench --bench sync`.
 
 use std::{
     sync::Arc,
@@ -34,13 +35,97 @@ async fn invoke(client: &reqwest::Client, address: &str, referral_id: &str) {
     assert!(body["Outputs"].get("poison").is_none(), "{body}");
 }
 
-fn requests(world: &SyncWorld) -> usize {
-    world.partner_center.requests().len() + world.dataverse.requests().len()
+/// Which CRM a run measures.
+#[derive(Clone, Copy, PartialEq)]
+enum Crm {
+    Dataverse,
+    Salesforce,
+}
+
+impl Crm {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Dataverse => "Dataverse",
+            Self::Salesforce => "Salesforce",
+        }
+    }
+
+    /// Requests to the CRM fake, its token endpoint left out.
+    fn requests(self, world: &SyncWorld) -> usize {
+        match self {
+            Self::Dataverse => world.dataverse.requests().len(),
+            Self::Salesforce => world
+                .salesforce
+                .requests()
+                .iter()
+                .filter(|r| !r.path.starts_with("/services/oauth2/"))
+                .count(),
+        }
+    }
+
+    /// Token requests for Partner Center and the CRM.
+    fn tokens(self, world: &SyncWorld) -> usize {
+        world.entra.requests().len()
+            + match self {
+                Self::Dataverse => 0,
+                Self::Salesforce => world.salesforce.tokens_issued(),
+            }
+    }
+
+    fn records(self, world: &SyncWorld, target: &str) -> usize {
+        match (self, target) {
+            (Self::Dataverse, "lead") => world.dataverse.leads().len(),
+            (Self::Dataverse, _) => world.dataverse.opportunities().len(),
+            (Self::Salesforce, "lead") => world.salesforce.records("Lead").len(),
+            (Self::Salesforce, _) => world.salesforce.records("Opportunity").len(),
+        }
+    }
+
+    /// One read of a record by its referral key, straight to the fake.
+    async fn raw_read(
+        self,
+        client: &reqwest::Client,
+        base: &str,
+        token: &str,
+        target: &str,
+        key: &str,
+    ) {
+        let url = match self {
+            Self::Dataverse => {
+                let set = if target == "lead" {
+                    "leads"
+                } else {
+                    "opportunities"
+                };
+                format!(
+                    "{base}/api/data/v9.2/{set}(new_partnercenterreferralid='{key}')?$select=statecode"
+                )
+            }
+            Self::Salesforce => {
+                let object = if target == "lead" {
+                    "Lead"
+                } else {
+                    "Opportunity"
+                };
+                format!(
+                    "{base}/services/data/v67.0/sobjects/{object}/Partner_Center_Referral_Id__c/{key}?fields=Id"
+                )
+            }
+        };
+        let r = client.get(url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
+    }
+}
+
+fn requests(world: &SyncWorld, crm: Crm) -> usize {
+    world.partner_center.requests().len() + crm.requests(world)
 }
 
 fn clear(world: &SyncWorld) {
     world.partner_center.clear_requests();
     world.dataverse.clear_requests();
+    world.salesforce.clear_requests();
 }
 
 async fn rate<F, Fut>(count: usize, f: F) -> f64
@@ -67,13 +152,16 @@ struct Figures {
     creates: f64,
     noops: f64,
     raw: f64,
-    raw_dataverse: f64,
+    raw_crm: f64,
     idle_poll: (usize, usize),
 }
 
-async fn measure(target: &str) -> Figures {
+async fn measure(crm: Crm, target: &str) -> Figures {
     let world = SyncWorld::start().await;
-    let mut vars = world.vars();
+    let mut vars = match crm {
+        Crm::Dataverse => world.vars(),
+        Crm::Salesforce => world.salesforce_vars(),
+    };
     vars.insert("SYNC_RETRY_BUDGET_SECONDS".into(), "5".into());
     vars.insert("SYNC_TARGET".into(), target.into());
     let mut settings = Settings::from_vars(&vars).unwrap();
@@ -89,15 +177,15 @@ async fn measure(target: &str) -> Figures {
     world.partner_center.insert_referral(referral(&id(999_999)));
     clear(&world);
     invoke(&client, &address, &id(999_999)).await;
-    let first_create = requests(&world);
-    let tokens_first = world.entra.requests().len();
+    let first_create = requests(&world, crm);
+    let tokens_first = crm.tokens(&world);
 
     let a = id(0);
     world.partner_center.insert_referral(referral(&a));
     clear(&world);
     invoke(&client, &address, &a).await;
-    let create = requests(&world);
-    let tokens_later = world.entra.requests().len() - tokens_first;
+    let create = requests(&world, crm);
+    let tokens_later = crm.tokens(&world) - tokens_first;
 
     let b = id(999_998);
     let mut other = referral(&b);
@@ -105,18 +193,18 @@ async fn measure(target: &str) -> Figures {
     world.partner_center.insert_referral(other);
     clear(&world);
     invoke(&client, &address, &b).await;
-    let create_new_account = requests(&world);
+    let create_new_account = requests(&world, crm);
 
     world
         .partner_center
         .set_referral_field(&a, "/details/notes", json!("updated notes"));
     clear(&world);
     invoke(&client, &address, &a).await;
-    let update = requests(&world);
+    let update = requests(&world, crm);
 
     clear(&world);
     invoke(&client, &address, &a).await;
-    let noop = requests(&world);
+    let noop = requests(&world, crm);
 
     for i in 1..=N {
         world.partner_center.insert_referral(referral(&id(i)));
@@ -131,11 +219,11 @@ async fn measure(target: &str) -> Figures {
         async move { invoke(&client, &address, &id(i + 1)).await }
     })
     .await;
-    let records = match target {
-        "lead" => world.dataverse.leads().len(),
-        _ => world.dataverse.opportunities().len(),
-    };
-    assert_eq!(records, N + 3, "exactly one {target} per referral");
+    assert_eq!(
+        crm.records(&world, target),
+        N + 3,
+        "exactly one {target} per referral"
+    );
 
     let pc = Arc::new(world.partner_center.base_url());
     let raw = rate(N * 2, |i| {
@@ -167,37 +255,43 @@ async fn measure(target: &str) -> Figures {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let idle_poll = (
-        world.dataverse.requests().len(),
-        world.partner_center.requests().len(),
-    );
+    let idle_poll = (crm.requests(&world), world.partner_center.requests().len());
 
-    let dv = Arc::new(world.dataverse.base_url());
-    let set = if target == "lead" {
-        "leads"
-    } else {
-        "opportunities"
-    };
-    let raw_dataverse = rate(N * 2, |i| {
-        let (client, dv) = (client.clone(), dv.clone());
-        async move {
-            let r = client
-                .get(format!(
-                    "{dv}/api/data/v9.2/{set}(new_partnercenterreferralid='{}')?$select=statecode",
-                    id(i % N + 1)
+    let (base, token) = match crm {
+        Crm::Dataverse => (world.dataverse.base_url(), "bench".to_owned()),
+        Crm::Salesforce => {
+            let answer: serde_json::Value = client
+                .post(format!(
+                    "{}/services/oauth2/token",
+                    world.salesforce.base_url()
                 ))
-                .bearer_auth("bench")
+                .form(&[
+                    ("grant_type", "client_credentials".to_owned()),
+                    ("client_id", world.salesforce.client_id()),
+                    ("client_secret", world.salesforce.client_secret()),
+                ])
                 .send()
                 .await
+                .unwrap()
+                .json()
+                .await
                 .unwrap();
-            assert_eq!(r.status(), 200);
-            let _ = r.bytes().await.unwrap();
+            let token = answer["access_token"].as_str().unwrap().to_owned();
+            (world.salesforce.base_url(), token)
+        }
+    };
+    let (base, token) = (Arc::new(base), Arc::new(token));
+    let raw_crm = rate(N * 2, |i| {
+        let (client, base, token) = (client.clone(), base.clone(), token.clone());
+        async move {
+            crm.raw_read(&client, &base, &token, target, &id(i % N + 1))
+                .await
         }
     })
     .await;
     Figures {
         idle_poll,
-        raw_dataverse,
+        raw_crm,
         first_create,
         create,
         create_new_account,
@@ -218,9 +312,16 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         println!("sync benchmark ({} cores, {N} referrals per table, {CONCURRENCY} concurrent invocations)", std::thread::available_parallelism().map_or(1, |n| n.get()));
-        for (target, create_target) in [("lead", 4), ("opportunity", 7)] {
-            let f = measure(target).await;
-            println!("SYNC_TARGET={target}");
+        let runs = [
+            (Crm::Dataverse, "lead", 4),
+            (Crm::Dataverse, "opportunity", 7),
+            (Crm::Salesforce, "lead", 5),
+            (Crm::Salesforce, "opportunity", 7),
+        ];
+        for (crm, target, create_target) in runs {
+            let f = measure(crm, target).await;
+            let name = crm.name();
+            println!("CRM={} SYNC_TARGET={target}", name.to_ascii_lowercase());
             println!("  requests per sync with tokens cached (targets: no-op <= 2, create <= {create_target})");
             println!("    create, first of the process      {}", f.first_create);
             println!("    create                            {}", f.create);
@@ -228,10 +329,10 @@ fn main() {
             println!("    referral notes changed            {}", f.update);
             println!("    no-op                             {}", f.noop);
             println!("  token requests: {} on the first sync, {} on later ones", f.tokens_first, f.tokens_later);
-            println!("  idle CrmChanges run: {} Dataverse, {} Partner Center requests (one query per polled table; none to Partner Center)", f.idle_poll.0, f.idle_poll.1);
+            println!("  idle CrmChanges run: {} {name}, {} Partner Center requests (one query per polled table; none to Partner Center)", f.idle_poll.0, f.idle_poll.1);
             println!("  reference: raw GET round trips to the Partner Center fake {:>8.0}/s  (=> at most {:.0} creates/s, {:.0} no-ops/s)", f.raw, f.raw / f.create as f64, f.raw / f.noop as f64);
-            let noop_bound = 1.0 / (1.0 / f.raw + 1.0 / f.raw_dataverse);
-            println!("  reference: raw GET by key to the Dataverse fake ({} rows) {:>8.0}/s  (one of each => at most {noop_bound:.0} no-ops/s)", N + 3, f.raw_dataverse);
+            let noop_bound = 1.0 / (1.0 / f.raw + 1.0 / f.raw_crm);
+            println!("  reference: raw GET by key to the {name} fake ({} rows) {:>8.0}/s  (one of each => at most {noop_bound:.0} no-ops/s)", N + 3, f.raw_crm);
             println!("  end-to-end syncs through /ReferralSync, create {:>8.0}/s  = {:.2} of that bound", f.creates, f.creates / (f.raw / f.create as f64));
             println!("  end-to-end syncs through /ReferralSync, no-op  {:>8.0}/s  = {:.2} of the Partner Center bound, {:.2} of the two-fake bound", f.noops, f.noops / (f.raw / f.noop as f64), f.noops / noop_bound);
         }
