@@ -87,7 +87,7 @@ pub struct SalesforceCrm {
     budget_percent: u8,
     poll_lag: Duration,
     claims: Claims,
-    stages: Arc<OnceCell<Vec<opportunity::Stage>>>,
+    stages: Arc<OnceCell<Vec<opportunity::StageRow>>>,
     currency: Arc<OnceCell<Option<String>>>,
     /// Find-or-create of accounts, one at a time in this process, so concurrent first syncs
     /// for one customer link one account.
@@ -268,7 +268,7 @@ impl SalesforceCrm {
     }
 
     /// The org's stage table, read once per process.
-    async fn stages(&self) -> Result<&[opportunity::Stage], CrmError> {
+    async fn stages(&self) -> Result<&[opportunity::StageRow], CrmError> {
         let stages = self
             .stages
             .get_or_try_init(|| async {
@@ -277,7 +277,11 @@ impl SalesforceCrm {
                     .query("SELECT ApiName, IsActive, IsClosed, IsWon, SortOrder FROM OpportunityStage ORDER BY SortOrder")
                     .await
                     .map_err(|e| Self::error(RecordKind::Opportunity, e))?;
-                Ok::<_, CrmError>(rows.iter().map(stage_of).collect())
+                Ok::<_, CrmError>(
+                    rows.iter()
+                        .filter_map(opportunity::StageRow::from_record)
+                        .collect(),
+                )
             })
             .await?;
         Ok(stages)
@@ -648,7 +652,7 @@ impl Crm for SalesforceCrm {
                 ),
             });
         };
-        let body = json!({ "StageName": stage.name });
+        let body = json!({ "StageName": stage.api_name });
         self.client
             .update("Opportunity", &record.id, &body, &[NO_AUTO_ASSIGN])
             .await
@@ -777,17 +781,6 @@ impl Crm for SalesforceCrm {
             records,
             until: until.map(crate::sync::utc_seconds),
         })
-    }
-}
-
-fn stage_of(row: &Map<String, Value>) -> opportunity::Stage {
-    let flag = |name: &str| row.get(name).and_then(Value::as_bool).unwrap_or(false);
-    opportunity::Stage {
-        name: text_of(row, "ApiName").unwrap_or_default(),
-        active: flag("IsActive"),
-        closed: flag("IsClosed"),
-        won: flag("IsWon"),
-        order: row.get("SortOrder").and_then(Value::as_f64).unwrap_or(0.0) as i64,
     }
 }
 

@@ -4,6 +4,8 @@
 //! missing close date are added by the adapter when it creates one
 //! (`super::SalesforceCrm::prepare_create`).
 
+use serde_json::{Map, Value};
+
 use crate::{
     crm::{RecordKind, RecordState},
     mapping::{ColumnKind, ColumnNames, ColumnRule, Direction, PartnerCenterColumns, TableMapping},
@@ -101,28 +103,51 @@ pub fn state(is_closed: bool, is_won: bool, stage: Option<&str>) -> RecordState 
     }
 }
 
-/// One row of the org's stage table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stage {
-    /// `ApiName`, the value of `StageName`.
-    pub name: String,
+/// One row of the org's stage table (`OpportunityStage`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageRow {
+    /// `ApiName`, the value of `Opportunity.StageName`.
+    pub api_name: String,
     /// `IsActive`.
     pub active: bool,
     /// `IsClosed`.
     pub closed: bool,
     /// `IsWon`.
     pub won: bool,
-    /// `SortOrder`.
-    pub order: i64,
+    /// `SortOrder` (the picklist's order).
+    pub sort_order: f64,
+}
+
+impl StageRow {
+    /// The row of a SOQL record with `ApiName`, `IsActive`, `IsClosed`, `IsWon` and
+    /// `SortOrder`; `None` without an `ApiName`.
+    pub fn from_record(record: &Map<String, Value>) -> Option<Self> {
+        let flag = |k: &str| record.get(k).and_then(Value::as_bool).unwrap_or(false);
+        Some(Self {
+            api_name: record
+                .get("ApiName")
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())?
+                .to_owned(),
+            active: flag("IsActive"),
+            closed: flag("IsClosed"),
+            won: flag("IsWon"),
+            sort_order: record
+                .get("SortOrder")
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::MAX),
+        })
+    }
 }
 
 /// The stage a referral closed in Partner Center moves an open opportunity to: the org's
 /// first active won stage, or first active closed-and-not-won stage, by sort order.
-pub fn close_stage(stages: &[Stage], won: bool) -> Option<&Stage> {
+pub fn close_stage(stages: &[StageRow], won: bool) -> Option<&StageRow> {
     stages
         .iter()
         .filter(|s| s.active && s.closed && s.won == won)
-        .min_by_key(|s| s.order)
+        .min_by(|a, b| a.sort_order.total_cmp(&b.sort_order))
 }
 
 #[cfg(test)]
@@ -171,12 +196,12 @@ mod tests {
 
     #[test]
     fn a_closed_referral_moves_the_opportunity_to_the_first_active_matching_stage() {
-        let stage = |name: &str, active, closed, won, order| Stage {
-            name: name.into(),
+        let stage = |name: &str, active, closed, won, order: i32| StageRow {
+            api_name: name.into(),
             active,
             closed,
             won,
-            order,
+            sort_order: f64::from(order),
         };
         let stages = [
             stage("Prospecting", true, false, false, 1),
@@ -187,11 +212,11 @@ mod tests {
             stage("Closed Lost", true, true, false, 10),
         ];
         assert_eq!(
-            close_stage(&stages, true).map(|s| s.name.as_str()),
+            close_stage(&stages, true).map(|s| s.api_name.as_str()),
             Some("Closed Won")
         );
         assert_eq!(
-            close_stage(&stages, false).map(|s| s.name.as_str()),
+            close_stage(&stages, false).map(|s| s.api_name.as_str()),
             Some("Closed Lost")
         );
         assert_eq!(close_stage(&stages[..1], true), None);

@@ -596,38 +596,7 @@ impl Finding {
     }
 }
 
-/// One row of `OpportunityStage`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StageRow {
-    /// `ApiName`, the value of `Opportunity.StageName`.
-    pub api_name: String,
-    /// `IsActive`.
-    pub active: bool,
-    /// `IsClosed`.
-    pub closed: bool,
-    /// `IsWon`.
-    pub won: bool,
-    /// `SortOrder` (the picklist's order).
-    pub sort_order: f64,
-}
-
-impl StageRow {
-    /// The row of a SOQL record with `ApiName`, `IsActive`, `IsClosed`, `IsWon` and
-    /// `SortOrder`; `None` without an `ApiName`.
-    pub fn from_record(record: &Map<String, Value>) -> Option<Self> {
-        let flag = |k: &str| record.get(k).and_then(Value::as_bool).unwrap_or(false);
-        Some(Self {
-            api_name: text(record, "ApiName")?.to_owned(),
-            active: flag("IsActive"),
-            closed: flag("IsClosed"),
-            won: flag("IsWon"),
-            sort_order: record
-                .get("SortOrder")
-                .and_then(Value::as_f64)
-                .unwrap_or(f64::MAX),
-        })
-    }
-}
+pub use super::opportunity::StageRow;
 
 const STAGE_FIX_PLACE: &str =
     "Setup → Object Manager → Opportunity → Fields & Relationships → Stage";
@@ -673,12 +642,10 @@ pub fn judge_stages(rows: &[StageRow], new_stage: &str) -> Vec<Finding> {
 
     let open = names(&|r| r.active && !r.closed);
     let choose = if open.is_empty() {
-        format!(
-            "activate an open stage ({STAGE_FIX_PLACE}) and name it as the new-opportunity stage"
-        )
+        format!("activate an open stage ({STAGE_FIX_PLACE}) and name it in SALESFORCE_NEW_STAGE")
     } else {
         format!(
-            "set the new-opportunity stage to one of the active open stages: {}",
+            "set SALESFORCE_NEW_STAGE to one of the active open stages: {}",
             open.join(", ")
         )
     };
