@@ -125,6 +125,17 @@ impl TableMapping {
             .map_or(ColumnKind::Text { max: 4000 }, |(_, kind)| *kind)
     }
 
+    /// Adds one rule per row (column, referral paths of which the first with a value is taken,
+    /// direction), typed by the table's known columns: how adapters build their defaults.
+    pub fn with_rules(mut self, rows: &[(&str, &[&str], Direction)]) -> Self {
+        for (column, paths, direction) in rows {
+            let kind = self.kind_of(column);
+            self.rules
+                .push(ColumnRule::from_fields(column, paths, *direction, kind));
+        }
+        self
+    }
+
     /// The rules, in order.
     pub fn rules(&self) -> &[ColumnRule] {
         &self.rules

@@ -53,31 +53,7 @@ pub const PROTECTED: &[&str] = &[
 
 /// The default lead mapping (README "Mapping").
 pub fn mapping() -> TableMapping {
-    let team = "customerProfile.team[0]";
-    let address = "customerProfile.address";
-    let rows: Vec<(&str, Vec<String>)> = vec![
-        (
-            "subject",
-            vec!["name".into(), "customerProfile.name".into()],
-        ),
-        ("companyname", vec!["customerProfile.name".into()]),
-        ("firstname", vec![format!("{team}.firstName")]),
-        (
-            "lastname",
-            vec![format!("{team}.lastName"), "customerProfile.name".into()],
-        ),
-        ("emailaddress1", vec![format!("{team}.email")]),
-        ("telephone1", vec![format!("{team}.phoneNumber")]),
-        ("address1_line1", vec![format!("{address}.addressLine1")]),
-        ("address1_line2", vec![format!("{address}.addressLine2")]),
-        ("address1_city", vec![format!("{address}.city")]),
-        ("address1_stateorprovince", vec![format!("{address}.state")]),
-        ("address1_postalcode", vec![format!("{address}.postalCode")]),
-        ("address1_country", vec![format!("{address}.country")]),
-        ("description", vec!["details.notes".into()]),
-        ("estimatedamount", vec!["details.dealValue".into()]),
-        ("estimatedclosedate", vec!["details.closingDateTime".into()]),
-    ];
+    use Direction::PcToCrm;
     let mut table = TableMapping {
         kind: RecordKind::Lead,
         rules: Vec::new(),
@@ -90,17 +66,52 @@ pub fn mapping() -> TableMapping {
             audit: Some(super::AUDIT_COLUMN.into()),
             ..PartnerCenterColumns::default()
         },
-    };
-    for (column, paths) in rows {
-        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-        let kind = table.kind_of(column);
-        table.rules.push(ColumnRule::from_fields(
-            column,
-            &paths,
-            Direction::PcToCrm,
-            kind,
-        ));
     }
+    .with_rules(&[
+        ("subject", &["name", "customerProfile.name"], PcToCrm),
+        ("companyname", &["customerProfile.name"], PcToCrm),
+        ("firstname", &["customerProfile.team[0].firstName"], PcToCrm),
+        (
+            "lastname",
+            &["customerProfile.team[0].lastName", "customerProfile.name"],
+            PcToCrm,
+        ),
+        ("emailaddress1", &["customerProfile.team[0].email"], PcToCrm),
+        (
+            "telephone1",
+            &["customerProfile.team[0].phoneNumber"],
+            PcToCrm,
+        ),
+        (
+            "address1_line1",
+            &["customerProfile.address.addressLine1"],
+            PcToCrm,
+        ),
+        (
+            "address1_line2",
+            &["customerProfile.address.addressLine2"],
+            PcToCrm,
+        ),
+        ("address1_city", &["customerProfile.address.city"], PcToCrm),
+        (
+            "address1_stateorprovince",
+            &["customerProfile.address.state"],
+            PcToCrm,
+        ),
+        (
+            "address1_postalcode",
+            &["customerProfile.address.postalCode"],
+            PcToCrm,
+        ),
+        (
+            "address1_country",
+            &["customerProfile.address.country"],
+            PcToCrm,
+        ),
+        ("description", &["details.notes"], PcToCrm),
+        ("estimatedamount", &["details.dealValue"], PcToCrm),
+        ("estimatedclosedate", &["details.closingDateTime"], PcToCrm),
+    ]);
     table.rules.push(ColumnRule::constant(
         "leadsourcecode",
         Value::from(4),

@@ -5,7 +5,7 @@
 
 use crate::{
     crm::{RecordKind, RecordState},
-    mapping::{ColumnKind, ColumnNames, ColumnRule, Direction, PartnerCenterColumns, TableMapping},
+    mapping::{ColumnKind, ColumnNames, Direction, PartnerCenterColumns, TableMapping},
 };
 
 /// Known opportunity columns and their types (../shared/spec/dataverse-opportunity.md §1).
@@ -39,7 +39,8 @@ pub const PROTECTED: &[&str] = &[
 /// The default opportunity mapping: all on create; afterwards the seller owns the columns, and
 /// the value and the close date flow back to the referral.
 pub fn mapping() -> TableMapping {
-    let mut table = TableMapping {
+    use Direction::{CrmOwned, OnCreate};
+    TableMapping {
         kind: RecordKind::Opportunity,
         rules: Vec::new(),
         known: KNOWN_COLUMNS,
@@ -53,32 +54,13 @@ pub fn mapping() -> TableMapping {
             status: Some(super::STATUS_COLUMN.into()),
             audit: Some(super::AUDIT_COLUMN.into()),
         },
-    };
-    let rows: [(&str, &[&str], Direction); 4] = [
-        (
-            "name",
-            &["name", "customerProfile.name"],
-            Direction::OnCreate,
-        ),
-        (
-            "estimatedvalue",
-            &["details.dealValue"],
-            Direction::CrmOwned,
-        ),
-        (
-            "estimatedclosedate",
-            &["details.closingDateTime"],
-            Direction::CrmOwned,
-        ),
-        ("description", &["details.notes"], Direction::OnCreate),
-    ];
-    for (column, paths, direction) in rows {
-        let kind = table.kind_of(column);
-        table
-            .rules
-            .push(ColumnRule::from_fields(column, paths, direction, kind));
     }
-    table
+    .with_rules(&[
+        ("name", &["name", "customerProfile.name"], OnCreate),
+        ("estimatedvalue", &["details.dealValue"], CrmOwned),
+        ("estimatedclosedate", &["details.closingDateTime"], CrmOwned),
+        ("description", &["details.notes"], OnCreate),
+    ])
 }
 
 /// Opportunity `statecode` (0 Open, 1 Won, 2 Lost) → the neutral state.

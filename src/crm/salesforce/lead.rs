@@ -52,24 +52,7 @@ pub const PROTECTED: &[&str] = &[
 
 /// The default Lead mapping (README "Salesforce").
 pub fn mapping() -> TableMapping {
-    let team = "customerProfile.team[0]";
-    let address = "customerProfile.address";
-    let rows: Vec<(&str, Vec<String>)> = vec![
-        ("Company", vec!["customerProfile.name".into()]),
-        ("FirstName", vec![format!("{team}.firstName")]),
-        (
-            "LastName",
-            vec![format!("{team}.lastName"), "customerProfile.name".into()],
-        ),
-        ("Email", vec![format!("{team}.email")]),
-        ("Phone", vec![format!("{team}.phoneNumber")]),
-        ("Street", vec![format!("{address}.addressLine1")]),
-        ("City", vec![format!("{address}.city")]),
-        ("State", vec![format!("{address}.state")]),
-        ("PostalCode", vec![format!("{address}.postalCode")]),
-        ("Country", vec![format!("{address}.country")]),
-        ("Description", vec!["details.notes".into()]),
-    ];
+    use Direction::PcToCrm;
     let mut table = TableMapping {
         kind: RecordKind::Lead,
         rules: Vec::new(),
@@ -82,17 +65,28 @@ pub fn mapping() -> TableMapping {
             audit: Some(super::AUDIT_FIELD.into()),
             ..PartnerCenterColumns::default()
         },
-    };
-    for (column, paths) in rows {
-        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-        let kind = table.kind_of(column);
-        table.rules.push(ColumnRule::from_fields(
-            column,
-            &paths,
-            Direction::PcToCrm,
-            kind,
-        ));
     }
+    .with_rules(&[
+        ("Company", &["customerProfile.name"], PcToCrm),
+        ("FirstName", &["customerProfile.team[0].firstName"], PcToCrm),
+        (
+            "LastName",
+            &["customerProfile.team[0].lastName", "customerProfile.name"],
+            PcToCrm,
+        ),
+        ("Email", &["customerProfile.team[0].email"], PcToCrm),
+        ("Phone", &["customerProfile.team[0].phoneNumber"], PcToCrm),
+        ("Street", &["customerProfile.address.addressLine1"], PcToCrm),
+        ("City", &["customerProfile.address.city"], PcToCrm),
+        ("State", &["customerProfile.address.state"], PcToCrm),
+        (
+            "PostalCode",
+            &["customerProfile.address.postalCode"],
+            PcToCrm,
+        ),
+        ("Country", &["customerProfile.address.country"], PcToCrm),
+        ("Description", &["details.notes"], PcToCrm),
+    ]);
     table.rules.push(ColumnRule::constant(
         "LeadSource",
         Value::from("Partner"),

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     crm::{RecordKind, RecordState},
-    mapping::{ColumnKind, ColumnNames, ColumnRule, Direction, PartnerCenterColumns, TableMapping},
+    mapping::{ColumnKind, ColumnNames, Direction, PartnerCenterColumns, TableMapping},
 };
 
 /// Known Opportunity fields and their types.
@@ -48,7 +48,8 @@ pub const PROTECTED: &[&str] = &[
 /// The default Opportunity mapping: all on create; afterwards the seller owns the fields, and
 /// the amount and the close date flow back to the referral.
 pub fn mapping() -> TableMapping {
-    let mut table = TableMapping {
+    use Direction::{CrmOwned, OnCreate};
+    TableMapping {
         kind: RecordKind::Opportunity,
         rules: Vec::new(),
         known: KNOWN_COLUMNS,
@@ -62,28 +63,13 @@ pub fn mapping() -> TableMapping {
             status: Some(super::STATUS_FIELD.into()),
             audit: Some(super::AUDIT_FIELD.into()),
         },
-    };
-    let rows: [(&str, &[&str], Direction); 4] = [
-        (
-            "Name",
-            &["name", "customerProfile.name"],
-            Direction::OnCreate,
-        ),
-        ("Amount", &["details.dealValue"], Direction::CrmOwned),
-        (
-            "CloseDate",
-            &["details.closingDateTime"],
-            Direction::CrmOwned,
-        ),
-        ("Description", &["details.notes"], Direction::OnCreate),
-    ];
-    for (column, paths, direction) in rows {
-        let kind = table.kind_of(column);
-        table
-            .rules
-            .push(ColumnRule::from_fields(column, paths, direction, kind));
     }
-    table
+    .with_rules(&[
+        ("Name", &["name", "customerProfile.name"], OnCreate),
+        ("Amount", &["details.dealValue"], CrmOwned),
+        ("CloseDate", &["details.closingDateTime"], CrmOwned),
+        ("Description", &["details.notes"], OnCreate),
+    ])
 }
 
 /// An Opportunity's state from its stage's `IsClosed` and `IsWon` (Salesforce derives both
