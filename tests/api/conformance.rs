@@ -478,6 +478,7 @@ pub async fn concurrent_first_syncs(table: &dyn Table) {
     let referral = w.referral();
     assert_eq!(referral["externalReferenceId"], table.id(&record));
     assert_eq!(referral["status"], "Active");
+    assert_eq!(record[table.notes()], referral["details"]["notes"]);
 }
 
 /// A write that races a change ends with the newest referral: a 412 on the CRM write

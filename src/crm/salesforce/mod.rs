@@ -167,8 +167,10 @@ impl SalesforceCrm {
         &self.client
     }
 
+    /// A record that is not there is gone (the core reads again); one in the recycle bin
+    /// (`ENTITY_IS_DELETED`) is a permanent error, like every other refusal.
     fn error(kind: RecordKind, error: SalesforceError) -> CrmError {
-        if error.is_not_found() || error.code() == Some("ENTITY_IS_DELETED") {
+        if error.is_not_found() {
             return CrmError::Gone(kind);
         }
         match error {
