@@ -107,7 +107,7 @@ pub struct Options {
     pub port: u16,
     /// Where the handler's stdout goes.
     pub handler_log: PathBuf,
-    /// The CRM stand-in to start (with the stand-ins) or the `CRM` to set (with a tenant).
+    /// The CRM stand-in to start and point the handler at (with the stand-ins).
     pub crm: CrmStandIn,
 }
 
@@ -712,7 +712,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tenant_needs_the_refresh_token_and_the_dataverse_url() {
+    fn a_tenant_needs_the_refresh_token_and_the_url_of_its_crm() {
         let settings = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
             pairs
                 .iter()
