@@ -9,6 +9,7 @@
 #   scripts/dev.sh              build, then func start (or the stand-in host); Ctrl-C stops all
 #   scripts/dev.sh --tour-only  the stand-in host and services, the tour, then exit (CI runs it)
 #   scripts/dev.sh --no-func    build and run Azurite only (e.g. to drive the handler yourself)
+#   --crm dataverse|salesforce  the CRM (default dataverse): its stand-in, or CRM= with a tenant
 #   HANDLER_BIN=path            the stand-in run uses that handler instead of a release build
 # Safe to run again: nothing is rebuilt or reinstalled that is up to date, and an existing
 # local.settings.json is never overwritten.
@@ -17,14 +18,23 @@ cd "$(dirname "$0")/.."
 
 want_func=true
 tour_only=false
-for arg in "$@"; do
-  case "$arg" in
+crm=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --no-func) want_func=false ;;
     --tour-only) tour_only=true ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-    *) echo "unknown option $arg (try --help)" >&2; exit 2 ;;
+    --crm) [ $# -ge 2 ] || { echo "--crm needs a value: dataverse or salesforce" >&2; exit 2; }
+      crm=$2; shift ;;
+    --crm=*) crm=${1#--crm=} ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
+  shift
 done
+case "$crm" in
+  ""|dataverse|salesforce) ;;
+  *) echo "unknown --crm value '$crm': use dataverse or salesforce" >&2; exit 2 ;;
+esac
 
 scripts/install-deps.sh --azurite
 
@@ -43,7 +53,17 @@ fi
 
 if [ ! -f local.settings.json ]; then
   cp local.settings.json.example local.settings.json
-  cat <<'EOF'
+  if [ "$crm" = salesforce ]; then
+    cat <<'EOF'
+== created local.settings.json from local.settings.json.example (it is gitignored). Fill in:
+   PARTNER_CENTER_TENANT_ID, PARTNER_CENTER_CLIENT_ID, PARTNER_CENTER_CLIENT_SECRET (if the app
+   is confidential) and PARTNER_CENTER_REFRESH_TOKEN (`./handler login --settings local.settings.json`),
+   and for Salesforce CRM=salesforce, SALESFORCE_URL, SALESFORCE_CLIENT_ID, SALESFORCE_CLIENT_SECRET.
+   Until PARTNER_CENTER_REFRESH_TOKEN and SALESFORCE_URL are set, the run without Core Tools uses
+   local stand-ins of Partner Center, Salesforce and Entra and shows a tour.
+EOF
+  else
+    cat <<'EOF'
 == created local.settings.json from local.settings.json.example (it is gitignored). Fill in:
    PARTNER_CENTER_TENANT_ID, PARTNER_CENTER_CLIENT_ID, PARTNER_CENTER_CLIENT_SECRET (if the app
    is confidential) and PARTNER_CENTER_REFRESH_TOKEN (`./handler login --settings local.settings.json`),
@@ -51,6 +71,7 @@ if [ ! -f local.settings.json ]; then
    Until PARTNER_CENTER_REFRESH_TOKEN and DATAVERSE_URL are set, the run without Core Tools uses
    local stand-ins of Partner Center, Dataverse and Entra and shows a tour.
 EOF
+  fi
 fi
 
 if $tour_only || { $want_func && ! command -v func >/dev/null 2>&1; }; then
@@ -65,6 +86,9 @@ EOF
   echo "== cargo build -p testkit --bin standins (the stand-in host and services; not in the release binary)"
   cargo build -p testkit --bin standins
   args=(--handler "$handler_path" --app-root "$PWD" --handler-log "$PWD/target/standins/handler.log")
+  if [ -n "$crm" ]; then
+    args+=(--crm "$crm")
+  fi
   if $tour_only; then
     # Always the stand-ins (the example has no tenant), on a free port (7071 may be taken).
     args+=(--tour-only --settings local.settings.json.example --port 0)
@@ -122,6 +146,14 @@ if ! $want_func; then
   exit 0
 fi
 
+if [ "$crm" = salesforce ]; then
+  # As for Dataverse: func start runs local.settings.json as it is; the stand-ins run without Core Tools.
+  cat <<'EOF'
+== --crm salesforce: func start runs with local.settings.json, which must set CRM=salesforce,
+   SALESFORCE_URL, SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET (no Salesforce stand-in under
+   Core Tools; `scripts/dev.sh --tour-only --crm salesforce` shows the tour on one).
+EOF
+fi
 echo "== func start"
 # Not exec: the EXIT trap must still stop Azurite when func ends.
 func start

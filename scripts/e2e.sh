@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end test (tests/e2e.rs) against a real Azurite, twice: with the debug build of the
 # handler, then with the static musl build from scripts/package.sh (HANDLER_BIN=publish/handler).
-# Between them, scripts/dev.sh --tour-only (the stand-in run's tour, with the debug handler).
+# Between them, scripts/dev.sh --tour-only (the stand-in run's tour, with the debug handler), on
+# Dataverse and with --crm salesforce.
 # Then the README rehearsal (tests/readme_deploy.rs), which builds the static binary from a copy.
 # The system-CA-store check (unshare --mount) needs root; elsewhere set E2E_WITHOUT_CA_STORE_CHECK=1.
 #   scripts/e2e.sh             both
@@ -28,6 +29,11 @@ echo "== scripts/dev.sh --tour-only: the local run without Core Tools and withou
 start=$(date +%s)
 HANDLER_BIN="$PWD/target/debug/referral-connector" timeout 600 scripts/dev.sh --tour-only
 echo "== tour took $(( $(date +%s) - start )) s"
+
+echo "== scripts/dev.sh --tour-only --crm salesforce: the same tour on the Salesforce stand-in"
+start=$(date +%s)
+HANDLER_BIN="$PWD/target/debug/referral-connector" timeout 600 scripts/dev.sh --tour-only --crm salesforce
+echo "== Salesforce tour took $(( $(date +%s) - start )) s"
 
 if $static; then
   scripts/package.sh publish

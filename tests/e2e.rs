@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use testkit::{
     azurite::{ACCOUNT, Azurite, QueueClient},
     cert_world::CertWorld,
-    fakes::Fault,
+    fakes::{Fault, REFERRAL_ID_FIELD},
     host::{REFERRAL_ID, callback_body, http_envelope},
     host_emulation::{FakeHost, FunctionApp, Handler, QUEUE, invoke, unb64},
     standins,
@@ -327,21 +327,22 @@ async fn the_system_ca_bundle_is_found_without_settings() {
     println!("system CA store check passed for {bin}");
 }
 
-/// The tour `scripts/dev.sh` shows without Core Tools and without a tenant, run in-process
-/// with the same stand-ins and host emulation (the debug handler here): every step is printed
-/// in order and the stand-ins end with one lead, its referral patched once with the lead's id,
-/// and one referral created for the shared opportunity and linked to it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_tour_of_the_stand_ins_runs_to_the_end() {
-    let log_dir = tempfile::tempdir().expect("temp dir");
+/// Runs the tour `scripts/dev.sh` shows without Core Tools and without a tenant, in-process
+/// with the same stand-ins and host emulation (the debug handler here), on `crm`'s stand-in,
+/// within the time limit. Returns what runs, the tour's outcome and the printed lines.
+async fn run_tour(
+    crm: standins::CrmStandIn,
+    log_dir: &Path,
+) -> (standins::Running, standins::TourOutcome, String) {
     let options = standins::Options {
         handler: handler_bin(),
         app_root: Path::new(env!("CARGO_MANIFEST_DIR")).to_owned(),
         settings: HashMap::new(),
         port: 0,
-        handler_log: log_dir.path().join("handler.log"),
+        handler_log: log_dir.join("handler.log"),
+        crm,
     };
-    assert!(standins::missing_tenant(&options.settings).is_some());
+    assert!(standins::missing_tenant(&options.settings, crm).is_some());
     let running = standins::start(&options, true).await;
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = lines.clone();
@@ -351,18 +352,29 @@ async fn the_tour_of_the_stand_ins_runs_to_the_end() {
         .expect("the tour ends within its limit")
         .unwrap_or_else(|e| panic!("{e}\nhandler log:\n{}", running.handler.logs()));
     let printed = lines.lock().unwrap().join("\n");
+    (running, outcome, printed)
+}
+
+/// Every step of the tour is printed, in order; `crm` and `lead` are the CRM's words.
+fn assert_tour_printed(printed: &str, outcome: &standins::TourOutcome, crm: &str, lead: &str) {
+    let lead_created = format!("ReferralSync: {lead} created in the {crm} stand-in: ");
+    let nothing_written = format!("ReferralSync read both sides: nothing written ({crm} writes ");
+    let shared = format!(
+        "4. a seller marks the opportunity \"Contoso Azure migration\" \"Sync with Partner Center\" in the {crm} stand-in"
+    );
     let steps = [
         "1. Partner Center sends a signed referral-created callback",
         "verified: certificate chain to the local test root",
         "queued on referral-sync: {\"referralId\"",
-        "ReferralSync: lead created: ",
+        &lead_created,
         "the referral patched: externalReferenceId=",
         "2. the same callback again",
-        "ReferralSync read both sides: nothing written",
+        &nothing_written,
+        "referral unchanged",
         "3. a forged callback",
         "→ 401 ",
         "nothing queued",
-        "4. a seller marks the opportunity",
+        &shared,
         "created in Partner Center",
         "the opportunity is linked",
         "tour done; final state: ",
@@ -375,13 +387,16 @@ async fn the_tour_of_the_stand_ins_runs_to_the_end() {
         at += found + step.len();
     }
     assert!(printed.contains(&outcome.referral_id), "{printed}");
+}
 
+/// Partner Center at the end of the tour: the incoming referral patched once with the lead's
+/// id, one referral created for the shared opportunity, and nothing poisoned.
+async fn assert_partner_center_after_tour(
+    running: &standins::Running,
+    outcome: &standins::TourOutcome,
+) {
     let standins = running.standins.as_ref().expect("stand-ins");
-    let (pc, dv) = (&standins.sync.partner_center, &standins.sync.dataverse);
-    let leads = dv.leads();
-    assert_eq!(leads.len(), 1, "one lead: {leads:?}");
-    assert_eq!(leads[0][KEY_COLUMN], outcome.referral_id.as_str());
-    assert_eq!(leads[0]["leadid"], outcome.lead_id.as_str());
+    let pc = &standins.sync.partner_center;
     let incoming = pc.referral(&outcome.referral_id).expect("the referral");
     assert_eq!(incoming["externalReferenceId"], outcome.lead_id.as_str());
     assert_eq!(incoming["status"], "Active");
@@ -392,8 +407,74 @@ async fn the_tour_of_the_stand_ins_runs_to_the_end() {
         created[0]["externalReferenceId"],
         outcome.opportunity_id.as_str()
     );
+    assert!(pc.referral(&outcome.shared_referral_id).is_some());
+    assert!(running.host.poisoned().await.is_empty());
+}
+
+/// The tour on the Dataverse stand-in (the default): the stand-ins end with one lead, its
+/// referral patched once with the lead's id, and one referral created for the shared
+/// opportunity and linked to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tour_of_the_stand_ins_runs_to_the_end() {
+    let log_dir = tempfile::tempdir().expect("temp dir");
+    let (running, outcome, printed) =
+        run_tour(standins::CrmStandIn::Dataverse, log_dir.path()).await;
+    assert_tour_printed(&printed, &outcome, "Dataverse", "lead");
+    assert_partner_center_after_tour(&running, &outcome).await;
+
+    let standins = running.standins.as_ref().expect("stand-ins");
+    let dv = &standins.sync.dataverse;
+    let leads = dv.leads();
+    assert_eq!(leads.len(), 1, "one lead: {leads:?}");
+    assert_eq!(leads[0][KEY_COLUMN], outcome.referral_id.as_str());
+    assert_eq!(leads[0]["leadid"], outcome.lead_id.as_str());
     let opportunity = dv.opportunity_by_id(&outcome.opportunity_id).unwrap();
     assert_eq!(opportunity[KEY_COLUMN], outcome.shared_referral_id.as_str());
-    assert!(running.host.poisoned().await.is_empty());
+    println!("{printed}");
+}
+
+/// The same tour with `--crm salesforce`: one Lead with the referral id and the mapped fields,
+/// the referral's externalReferenceId is that Lead's Id, Dataverse untouched, and the shared
+/// Opportunity's referral created once and linked back to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tour_of_the_stand_ins_runs_to_the_end_on_salesforce() {
+    let log_dir = tempfile::tempdir().expect("temp dir");
+    let (running, outcome, printed) =
+        run_tour(standins::CrmStandIn::Salesforce, log_dir.path()).await;
+    assert_tour_printed(&printed, &outcome, "Salesforce", "Lead");
+    for field in [
+        "Company=",
+        "LastName=",
+        "Email=",
+        "Description=",
+        "Partner_Center_Link__c=",
+        "Partner_Center_Sync_Status__c=",
+    ] {
+        assert!(printed.contains(field), "{field} not printed:\n{printed}");
+    }
+    assert_partner_center_after_tour(&running, &outcome).await;
+
+    let standins = running.standins.as_ref().expect("stand-ins");
+    let sf = &standins.sync.salesforce;
+    let leads = sf.records("Lead");
+    assert_eq!(leads.len(), 1, "one Lead: {leads:?}");
+    assert_eq!(leads[0][REFERRAL_ID_FIELD], outcome.referral_id.as_str());
+    assert_eq!(leads[0]["Id"], outcome.lead_id.as_str());
+    assert_eq!(leads[0]["Company"], "Fabrikam");
+    let opportunity = sf.get(&outcome.opportunity_id).expect("the opportunity");
+    assert_eq!(
+        opportunity[REFERRAL_ID_FIELD],
+        outcome.shared_referral_id.as_str()
+    );
+    assert_eq!(
+        sf.find_by_referral_id("Opportunity", &outcome.shared_referral_id)
+            .len(),
+        1
+    );
+    let dv = &standins.sync.dataverse;
+    assert!(
+        dv.leads().is_empty() && dv.write_count() == 0,
+        "Dataverse untouched"
+    );
     println!("{printed}");
 }

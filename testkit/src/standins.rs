@@ -1,10 +1,11 @@
 //! The local run without Azure Functions Core Tools: the handler under the host emulation
 //! ([`crate::host_emulation`]) over a real Azurite, with an HTTP front like `func start`'s
 //! (`POST /api/ReferralWebhook`). When no tenant is configured it also starts local stand-ins
-//! of Entra, Partner Center, Dataverse and the certificate host (with a signing chain made
-//! here), points the handler at them and can run a scripted tour: a signed callback becomes a
-//! lead and patches its referral, a replay writes nothing, a forged callback gets 401, and an
-//! opportunity shared from the CRM becomes one referral on the next poll.
+//! of Entra, Partner Center, the CRM (Dataverse, or Salesforce with [`CrmStandIn::Salesforce`])
+//! and the certificate host (with a signing chain made here), points the handler at them and
+//! can run a scripted tour: a signed callback becomes a lead and patches its referral, a replay
+//! writes nothing, a forged callback gets 401, and an opportunity shared from the CRM becomes
+//! one referral on the next poll.
 //!
 //! Used by `scripts/dev.sh` (through the `standins` program) and by the end-to-end test.
 
@@ -24,15 +25,74 @@ use warp::{Filter, http::Response};
 use crate::{
     azurite::Azurite,
     cert_world::CertWorld,
+    fakes::REFERRAL_ID_FIELD,
     host::{callback_body, http_envelope},
     host_emulation::{FakeHost, FunctionApp, Handler, resolve, schedule_period},
-    sync_world::{KEY_COLUMN, SyncWorld, referral, shared_opportunity},
+    sync_world::{
+        KEY_COLUMN, SyncWorld, referral, shared_opportunity, shared_salesforce_opportunity,
+    },
 };
 
 /// How the CrmChanges timer runs against the stand-ins (the app's default is every minute).
 pub const TOUR_POLL_SCHEDULE: &str = "*/5 * * * * *";
 /// The longest the tour waits for one step before it fails.
 const STEP_LIMIT: Duration = Duration::from_secs(90);
+
+/// The CRM the handler syncs with when the stand-ins run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CrmStandIn {
+    /// The Dataverse stand-in (`CRM=dataverse`, the default).
+    #[default]
+    Dataverse,
+    /// The Salesforce stand-in (`CRM=salesforce`).
+    Salesforce,
+}
+
+impl CrmStandIn {
+    /// The values [`CrmStandIn::parse`] accepts, for messages.
+    pub const NAMES: &'static str = "dataverse or salesforce";
+
+    /// `dataverse` or `salesforce` (the values of the `CRM` setting), any case.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "dataverse" => Some(Self::Dataverse),
+            "salesforce" => Some(Self::Salesforce),
+            _ => None,
+        }
+    }
+
+    /// The CRM of `settings` (`CRM`; Dataverse when unset or not a known value).
+    pub fn of(settings: &HashMap<String, String>) -> Self {
+        settings
+            .get("CRM")
+            .and_then(|v| Self::parse(v))
+            .unwrap_or_default()
+    }
+
+    /// The value of the `CRM` setting.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Self::Dataverse => "dataverse",
+            Self::Salesforce => "salesforce",
+        }
+    }
+
+    /// The product's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dataverse => "Dataverse",
+            Self::Salesforce => "Salesforce",
+        }
+    }
+
+    /// The setting that names the user's CRM (empty: no tenant).
+    fn url_setting(self) -> &'static str {
+        match self {
+            Self::Dataverse => "DATAVERSE_URL",
+            Self::Salesforce => "SALESFORCE_URL",
+        }
+    }
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -47,12 +107,14 @@ pub struct Options {
     pub port: u16,
     /// Where the handler's stdout goes.
     pub handler_log: PathBuf,
+    /// The CRM stand-in to start and point the handler at (with the stand-ins).
+    pub crm: CrmStandIn,
 }
 
 /// Why no tenant is configured, or `None` when one is: the Partner Center refresh token
-/// (written by `login`) or the Dataverse URL is empty.
-pub fn missing_tenant(settings: &HashMap<String, String>) -> Option<String> {
-    let empty: Vec<&str> = ["PARTNER_CENTER_REFRESH_TOKEN", "DATAVERSE_URL"]
+/// (written by `login`) or the URL of `crm` (`DATAVERSE_URL`, `SALESFORCE_URL`) is empty.
+pub fn missing_tenant(settings: &HashMap<String, String>, crm: CrmStandIn) -> Option<String> {
+    let empty: Vec<&str> = ["PARTNER_CENTER_REFRESH_TOKEN", crm.url_setting()]
         .into_iter()
         .filter(|name| settings.get(*name).is_none_or(|v| v.trim().is_empty()))
         .collect();
@@ -70,9 +132,10 @@ pub fn load_settings(file: &Path) -> HashMap<String, String> {
         .into_iter()
         .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
         .collect();
-    const PREFIXES: [&str; 8] = [
+    const PREFIXES: [&str; 9] = [
         "PARTNER_CENTER_",
         "DATAVERSE_",
+        "SALESFORCE_",
         "AZURE_",
         "SYNC_",
         "CRM_",
@@ -88,13 +151,147 @@ pub fn load_settings(file: &Path) -> HashMap<String, String> {
     settings
 }
 
-/// The local stand-ins of every Microsoft service and the files that make them trusted.
+/// The local stand-ins of every Microsoft service and the CRM, and the files that make them
+/// trusted.
 pub struct StandIns {
-    /// Entra, Partner Center and Dataverse.
+    /// Entra, Partner Center and the CRMs (the handler uses the one of [`StandIns::crm`]).
     pub sync: SyncWorld,
+    /// The CRM the handler is pointed at.
+    pub crm: CrmStandIn,
     /// The certificate host and the signing chain.
     pub certs: CertWorld,
     _trust: tempfile::NamedTempFile,
+}
+
+/// Fields of a Salesforce record that every record has and that say nothing about the sync.
+const SALESFORCE_SYSTEM_FIELDS: [&str; 9] = [
+    "attributes",
+    "CreatedById",
+    "CreatedDate",
+    "LastModifiedById",
+    "LastModifiedDate",
+    "SystemModstamp",
+    "IsDeleted",
+    "IsConverted",
+    "OwnerId",
+];
+
+/// How far in the past the tour plants the seller's Salesforce opportunity: the change poll
+/// leaves rows of Salesforce's current second to a later run.
+const SALESFORCE_SAVED_AGO: time::Duration = time::Duration::seconds(5);
+
+impl StandIns {
+    /// The CRM stand-in's base URL.
+    pub fn crm_url(&self) -> String {
+        match self.crm {
+            CrmStandIn::Dataverse => self.sync.dataverse.base_url(),
+            CrmStandIn::Salesforce => self.sync.salesforce.base_url(),
+        }
+    }
+
+    /// How the CRM calls a lead (Dataverse's table `lead`, Salesforce's object `Lead`).
+    pub fn lead_word(&self) -> &'static str {
+        match self.crm {
+            CrmStandIn::Dataverse => "lead",
+            CrmStandIn::Salesforce => "Lead",
+        }
+    }
+
+    /// The column or field holding the referral id.
+    pub fn key_field(&self) -> &'static str {
+        match self.crm {
+            CrmStandIn::Dataverse => KEY_COLUMN,
+            CrmStandIn::Salesforce => REFERRAL_ID_FIELD,
+        }
+    }
+
+    /// The column or field holding the record's sync status.
+    fn status_field(&self) -> &'static str {
+        match self.crm {
+            CrmStandIn::Dataverse => "new_partnercentersyncstatus",
+            CrmStandIn::Salesforce => "Partner_Center_Sync_Status__c",
+        }
+    }
+
+    /// Every lead in the CRM stand-in.
+    pub fn leads(&self) -> Vec<Value> {
+        match self.crm {
+            CrmStandIn::Dataverse => self.sync.dataverse.leads(),
+            CrmStandIn::Salesforce => self.sync.salesforce.records("Lead"),
+        }
+    }
+
+    /// The lead of referral `referral_id`.
+    pub fn lead(&self, referral_id: &str) -> Option<Value> {
+        match self.crm {
+            CrmStandIn::Dataverse => self.sync.dataverse.lead(referral_id),
+            CrmStandIn::Salesforce => self
+                .sync
+                .salesforce
+                .find_by_referral_id("Lead", referral_id)
+                .into_iter()
+                .next(),
+        }
+    }
+
+    /// The record id of `lead` (`leadid`, `Id`).
+    pub fn lead_id(&self, lead: &Value) -> String {
+        let field = match self.crm {
+            CrmStandIn::Dataverse => "leadid",
+            CrmStandIn::Salesforce => "Id",
+        };
+        lead[field].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// The opportunity `id`.
+    pub fn opportunity(&self, id: &str) -> Option<Value> {
+        match self.crm {
+            CrmStandIn::Dataverse => self.sync.dataverse.opportunity_by_id(id),
+            CrmStandIn::Salesforce => self.sync.salesforce.get(id),
+        }
+    }
+
+    /// Writes through the CRM's API so far.
+    pub fn crm_writes(&self) -> usize {
+        match self.crm {
+            CrmStandIn::Dataverse => self.sync.dataverse.write_count(),
+            CrmStandIn::Salesforce => self.sync.salesforce.write_count(),
+        }
+    }
+
+    /// A seller's opportunity for `customer`, marked "Sync with Partner Center"; its id.
+    pub fn share_opportunity(&self, customer: &str) -> String {
+        match self.crm {
+            CrmStandIn::Dataverse => shared_opportunity(&self.sync.dataverse, customer),
+            CrmStandIn::Salesforce => {
+                let sf = &self.sync.salesforce;
+                let id = shared_salesforce_opportunity(sf, customer);
+                let saved = time::OffsetDateTime::now_utc() - SALESFORCE_SAVED_AGO;
+                if let Ok(stamp) = saved.format(&time::format_description::well_known::Rfc3339) {
+                    sf.set_system_modstamp(&id, &stamp);
+                }
+                id
+            }
+        }
+    }
+
+    /// Fields of a record worth showing: set, not OData annotations, lookups or system fields.
+    fn columns(&self, record: &Value) -> String {
+        let hidden = |k: &str| match self.crm {
+            CrmStandIn::Dataverse => k.contains('@') || k.starts_with('_'),
+            CrmStandIn::Salesforce => SALESFORCE_SYSTEM_FIELDS.contains(&k),
+        };
+        record
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, v)| !hidden(k) && !v.is_null() && v != &&json!(""))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// Everything that runs; dropping it stops the handler and Azurite.
@@ -131,19 +328,26 @@ pub async fn start(options: &Options, with_standins: bool) -> Running {
     let mut envs = options.settings.clone();
     let standins = if with_standins {
         let sync = SyncWorld::start().await;
-        sync.dataverse.set_schema(true, Some("Active"));
         let certs = CertWorld::start().await;
         let mut trust = tempfile::NamedTempFile::new().expect("temp file");
         for pem in [sync.root_pem(), certs.pki.root.cert_pem()] {
             trust.write_all(&pem).expect("write bundle");
             trust.write_all(b"\n").expect("write bundle");
         }
-        envs.extend(sync.vars());
+        match options.crm {
+            CrmStandIn::Dataverse => {
+                sync.dataverse.set_schema(true, Some("Active"));
+                envs.extend(sync.vars());
+            }
+            CrmStandIn::Salesforce => envs.extend(sync.salesforce_vars()),
+        }
+        envs.insert("CRM".into(), options.crm.setting().into());
         envs.extend(certs.vars());
         envs.insert("SSL_CERT_FILE".into(), trust.path().display().to_string());
         envs.insert("CRM_POLL_SCHEDULE".into(), TOUR_POLL_SCHEDULE.into());
         Some(Arc::new(StandIns {
             sync,
+            crm: options.crm,
             certs,
             _trust: trust,
         }))
@@ -297,9 +501,9 @@ fn front_routes(
                 let id = new_referral(&standins, &name);
                 let answer = signed_callback(&host, &handler, &standins, &id).await;
                 let res = &answer["Outputs"]["res"];
-                let (pc, dv) = (&standins.sync.partner_center, &standins.sync.dataverse);
+                let pc = &standins.sync.partner_center;
                 let lead = wait_for("the lead", || {
-                    dv.lead(&id).filter(|_| {
+                    standins.lead(&id).filter(|_| {
                         pc.referral(&id)
                             .is_some_and(|r| r["externalReferenceId"] != "")
                     })
@@ -307,7 +511,7 @@ fn front_routes(
                 .await
                 .unwrap_or_else(|e| json!(e));
                 let reply = json!({"referralId": id, "status": res["statusCode"],
-                                   "answer": res["body"], "lead": lead,
+                                   "answer": res["body"], "crm": standins.crm.name(), "lead": lead,
                                    "referral": pc.referral(&id)});
                 Response::builder()
                     .header("Content-Type", "application/json")
@@ -356,22 +560,6 @@ pub struct TourOutcome {
     pub shared_referral_id: String,
 }
 
-/// Columns of a record worth showing: set, not OData annotations or lookups.
-fn columns(record: &Value) -> String {
-    record
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter(|(k, v)| {
-                    !k.contains('@') && !k.starts_with('_') && !v.is_null() && v != &&json!("")
-                })
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
-}
-
 /// Runs the scripted tour against the stand-ins, printing each step through `say`.
 pub async fn tour(running: &Running, say: &(dyn Fn(String) + Sync)) -> Result<TourOutcome, String> {
     let standins = running
@@ -380,12 +568,13 @@ pub async fn tour(running: &Running, say: &(dyn Fn(String) + Sync)) -> Result<To
         .ok_or("the tour runs only against the stand-ins (no tenant configured)")?;
     let (host, handler) = (&running.host, &running.handler);
     let pc = &standins.sync.partner_center;
-    let dv = &standins.sync.dataverse;
+    let (crm, lead_word) = (standins.crm.name(), standins.lead_word());
 
     let id = new_referral(standins, "Fabrikam");
     say(format!(
         "1. Partner Center sends a signed referral-created callback for referral {id} (\"Fabrikam cloud migration\")"
     ));
+    let first = host.deliveries().len();
     let answer = signed_callback(host, handler, standins, &id).await;
     let res = &answer["Outputs"]["res"];
     if res["statusCode"] != 200 {
@@ -401,14 +590,23 @@ pub async fn tour(running: &Running, say: &(dyn Fn(String) + Sync)) -> Result<To
         answer["Outputs"]["syncQueue"]
     ));
     let lead = wait_for("the lead", || {
-        dv.lead(&id).filter(|_| {
+        standins.lead(&id).filter(|_| {
             pc.referral(&id)
                 .is_some_and(|r| r["externalReferenceId"] != "")
         })
     })
     .await?;
-    let lead_id = lead["leadid"].as_str().unwrap_or_default().to_owned();
-    say(format!("   ReferralSync: lead created: {}", columns(&lead)));
+    let lead_id = standins.lead_id(&lead);
+    // The delivery is booked once the handler has answered, after its last write: the replay
+    // below must be told apart from it.
+    wait_for("the first delivery", || {
+        host.deliveries().get(first).cloned()
+    })
+    .await?;
+    say(format!(
+        "   ReferralSync: {lead_word} created in the {crm} stand-in: {}",
+        standins.columns(&lead)
+    ));
     let patched = pc.referral(&id).unwrap_or_default();
     say(format!(
         "   the referral patched: externalReferenceId={}, status={}/{} ({} PATCH)",
@@ -419,7 +617,7 @@ pub async fn tour(running: &Running, say: &(dyn Fn(String) + Sync)) -> Result<To
     ));
 
     say("2. the same callback again".to_owned());
-    let (writes, patches) = (dv.write_count(), pc.patch_count(&id));
+    let (writes, patches) = (standins.crm_writes(), pc.patch_count(&id));
     let before = host.deliveries().len();
     let answer = signed_callback(host, handler, standins, &id).await;
     say(format!(
@@ -433,12 +631,12 @@ pub async fn tour(running: &Running, say: &(dyn Fn(String) + Sync)) -> Result<To
     })
     .await?;
     let log = delivery.answer["Logs"][0].as_str().unwrap_or_default();
-    if dv.write_count() != writes || pc.patch_count(&id) != patches {
+    if standins.crm_writes() != writes || pc.patch_count(&id) != patches {
         return Err(format!("the replay wrote something: {log}"));
     }
     say(format!(
-        "   ReferralSync read both sides: nothing written (Dataverse writes {writes} → {}, referral patches {patches} → {}): {log}",
-        dv.write_count(),
+        "   ReferralSync read both sides: nothing written ({crm} writes {writes} → {}, referral patches {patches} → {}): {log}",
+        standins.crm_writes(),
         pc.patch_count(&id)
     ));
 
@@ -457,12 +655,11 @@ pub async fn tour(running: &Running, say: &(dyn Fn(String) + Sync)) -> Result<To
         res["body"].as_str().unwrap_or_default()
     ));
 
-    say(
-        "4. a seller marks the opportunity \"Contoso Azure migration\" \"Sync with Partner Center\" in the CRM stand-in"
-            .to_owned(),
-    );
+    say(format!(
+        "4. a seller marks the opportunity \"Contoso Azure migration\" \"Sync with Partner Center\" in the {crm} stand-in"
+    ));
     let known = pc.referral_ids();
-    let opportunity_id = shared_opportunity(dv, "Contoso");
+    let opportunity_id = standins.share_opportunity("Contoso");
     let period = running
         .timers
         .iter()
@@ -472,26 +669,28 @@ pub async fn tour(running: &Running, say: &(dyn Fn(String) + Sync)) -> Result<To
         "   opportunity {opportunity_id}; CrmChanges polls every {}s here",
         period.as_secs()
     ));
+    let key = standins.key_field();
     let shared = wait_for("the shared opportunity's referral", || {
-        dv.opportunity_by_id(&opportunity_id).filter(|o| {
-            o[KEY_COLUMN]
+        standins.opportunity(&opportunity_id).filter(|o| {
+            o[key]
                 .as_str()
                 .is_some_and(|k| !k.is_empty() && !known.iter().any(|id| id == k))
         })
     })
     .await?;
-    let shared_referral_id = shared[KEY_COLUMN].as_str().unwrap_or_default().to_owned();
+    let shared_referral_id = shared[key].as_str().unwrap_or_default().to_owned();
     let created = pc.referral(&shared_referral_id).unwrap_or_default();
     say(format!(
         "   CrmChanges: referral {shared_referral_id} created in Partner Center: name={}, dealValue={}, externalReferenceId={}",
         created["name"], created["details"]["dealValue"], created["externalReferenceId"]
     ));
     say(format!(
-        "   the opportunity is linked: {KEY_COLUMN}={shared_referral_id}, sync status {}",
-        shared["new_partnercentersyncstatus"]
+        "   the opportunity is linked: {key}={shared_referral_id}, sync status {}",
+        shared[standins.status_field()]
     ));
     let state = json!({
-        "leads": dv.leads().len(),
+        "crm": crm,
+        "leads": standins.leads().len(),
         "referralPatches": pc.patch_count(&id),
         "referralsCreated": pc.created().len(),
         "referralId": id,
@@ -513,7 +712,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tenant_needs_the_refresh_token_and_the_dataverse_url() {
+    fn a_tenant_needs_the_refresh_token_and_the_url_of_its_crm() {
         let settings = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
             pairs
                 .iter()
@@ -525,18 +724,46 @@ mod tests {
             ("DATAVERSE_URL", "https://contoso.crm.dynamics.com"),
         ]);
         assert_eq!(
-            missing_tenant(&example).as_deref(),
+            missing_tenant(&example, CrmStandIn::Dataverse).as_deref(),
             Some("PARTNER_CENTER_REFRESH_TOKEN empty")
         );
         assert_eq!(
-            missing_tenant(&settings(&[])).as_deref(),
+            missing_tenant(&settings(&[]), CrmStandIn::Dataverse).as_deref(),
             Some("PARTNER_CENTER_REFRESH_TOKEN and DATAVERSE_URL empty")
         );
         let configured = settings(&[
             ("PARTNER_CENTER_REFRESH_TOKEN", "token"),
             ("DATAVERSE_URL", "https://contoso.crm.dynamics.com"),
         ]);
-        assert_eq!(missing_tenant(&configured), None);
+        assert_eq!(missing_tenant(&configured, CrmStandIn::Dataverse), None);
+        assert_eq!(
+            missing_tenant(&configured, CrmStandIn::Salesforce).as_deref(),
+            Some("SALESFORCE_URL empty")
+        );
+        let salesforce = settings(&[
+            ("PARTNER_CENTER_REFRESH_TOKEN", "token"),
+            ("SALESFORCE_URL", "https://contoso.my.salesforce.com"),
+        ]);
+        assert_eq!(missing_tenant(&salesforce, CrmStandIn::Salesforce), None);
+    }
+
+    #[test]
+    fn the_crm_is_dataverse_or_salesforce_and_dataverse_by_default() {
+        assert_eq!(
+            CrmStandIn::parse("salesforce"),
+            Some(CrmStandIn::Salesforce)
+        );
+        assert_eq!(
+            CrmStandIn::parse(" Dataverse "),
+            Some(CrmStandIn::Dataverse)
+        );
+        assert_eq!(CrmStandIn::parse("dynamics"), None);
+        assert_eq!(CrmStandIn::of(&HashMap::new()), CrmStandIn::Dataverse);
+        let salesforce = HashMap::from([("CRM".to_owned(), "salesforce".to_owned())]);
+        assert_eq!(CrmStandIn::of(&salesforce), CrmStandIn::Salesforce);
+        for crm in [CrmStandIn::Dataverse, CrmStandIn::Salesforce] {
+            assert_eq!(CrmStandIn::parse(crm.setting()), Some(crm));
+        }
     }
 
     #[test]

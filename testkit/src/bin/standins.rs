@@ -1,19 +1,20 @@
 //! `standins`: runs the handler locally without Azure Functions Core Tools, under the host
 //! emulation over Azurite, and — when no tenant is configured — against local stand-ins of
-//! Entra, Partner Center, Dataverse and the certificate host, with a scripted tour.
+//! Entra, Partner Center, the CRM (Dataverse, or Salesforce with `--crm salesforce`) and the
+//! certificate host, with a scripted tour.
 //!
 //! ```text
 //! standins --handler target/release/referral-connector [--app-root .] [--settings local.settings.json]
-//!          [--port 7071] [--handler-log FILE] [--tour-only | --no-tour]
+//!          [--port 7071] [--handler-log FILE] [--crm dataverse|salesforce] [--tour-only | --no-tour]
 //! standins demo send --name "Contoso" [--url http://127.0.0.1:7071]
 //! ```
 //! Started by `scripts/dev.sh`; Ctrl-C stops everything.
 
 use std::{path::PathBuf, process::ExitCode};
 
-use testkit::standins::{self, Options};
+use testkit::standins::{self, CrmStandIn, Options};
 
-const USAGE: &str = "usage: standins --handler PATH [--app-root DIR] [--settings FILE] [--port N] [--handler-log FILE] [--tour-only | --no-tour]
+const USAGE: &str = "usage: standins --handler PATH [--app-root DIR] [--settings FILE] [--port N] [--handler-log FILE] [--crm dataverse|salesforce] [--tour-only | --no-tour]
        standins demo send [--name NAME] [--url http://127.0.0.1:7071]";
 
 fn main() -> ExitCode {
@@ -63,7 +64,11 @@ async fn demo(args: &[String]) -> ExitCode {
                 reply["status"],
                 reply["answer"].as_str().unwrap_or_default()
             );
-            println!("lead in the Dataverse stand-in: {}", reply["lead"]);
+            println!(
+                "lead in the {} stand-in: {}",
+                reply["crm"].as_str().unwrap_or("CRM"),
+                reply["lead"]
+            );
             println!(
                 "referral in the Partner Center stand-in: externalReferenceId={}, status={}/{}",
                 reply["referral"]["externalReferenceId"],
@@ -105,8 +110,28 @@ async fn run(args: &[String]) -> ExitCode {
     };
     let handler_log =
         PathBuf::from(value(args, "--handler-log").unwrap_or("target/standins/handler.log"));
-    let settings = standins::load_settings(&settings_file);
-    let missing = standins::missing_tenant(&settings);
+    let mut settings = standins::load_settings(&settings_file);
+    let crm = match value(args, "--crm") {
+        None if args.iter().any(|a| a == "--crm") => {
+            eprintln!("--crm needs a value: {}\n{USAGE}", CrmStandIn::NAMES);
+            return ExitCode::from(2);
+        }
+        None => CrmStandIn::of(&settings),
+        Some(raw) => match CrmStandIn::parse(raw) {
+            Some(crm) => {
+                settings.insert("CRM".into(), crm.setting().into());
+                crm
+            }
+            None => {
+                eprintln!(
+                    "--crm {raw:?} is not a CRM this runs: use {}\n{USAGE}",
+                    CrmStandIn::NAMES
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let missing = standins::missing_tenant(&settings, crm);
     if tour_only && missing.is_none() {
         eprintln!(
             "--tour-only runs against the stand-ins, but a tenant is configured in {} or the environment",
@@ -122,12 +147,14 @@ async fn run(args: &[String]) -> ExitCode {
     match &missing {
         Some(reason) => println!(
             "== no tenant configured ({reason} in {} and the environment): starting local stand-ins of Entra, \
-             Partner Center, Dataverse and a certificate host with a signing chain generated now",
-            settings_file.display()
+             Partner Center, {} and a certificate host with a signing chain generated now",
+            settings_file.display(),
+            crm.name()
         ),
         None => println!(
-            "== tenant settings from {} and the environment: the handler talks to your Partner Center and Dataverse",
-            settings_file.display()
+            "== tenant settings from {} and the environment: the handler talks to your Partner Center and {}",
+            settings_file.display(),
+            crm.name()
         ),
     }
     let options = Options {
@@ -136,6 +163,7 @@ async fn run(args: &[String]) -> ExitCode {
         settings,
         port,
         handler_log: handler_log.clone(),
+        crm,
     };
     let running = standins::start(&options, missing.is_some()).await;
     let timers: Vec<String> = running
@@ -149,6 +177,14 @@ async fn run(args: &[String]) -> ExitCode {
         timers.join(", "),
         handler_log.display()
     );
+    if let Some(standins) = &running.standins {
+        println!(
+            "== CRM: the {} STAND-IN (CRM={}) at {}",
+            standins.crm.name(),
+            standins.crm.setting(),
+            standins.crm_url()
+        );
+    }
     if missing.is_some() && !no_tour {
         println!("== the tour");
         let say = |line: String| println!("{line}");
@@ -164,8 +200,9 @@ async fn run(args: &[String]) -> ExitCode {
     if missing.is_some() {
         println!(
             "== send more: `target/debug/standins demo send --name \"Contoso\"` (or \
-             curl -X POST '{}/demo/referral?name=Contoso'); each becomes a signed callback, a lead and a patched referral",
-            running.front
+             curl -X POST '{}/demo/referral?name=Contoso'); each becomes a signed callback, a lead in the {} stand-in and a patched referral",
+            running.front,
+            crm.name()
         );
     } else {
         println!(
