@@ -862,6 +862,53 @@ mod tests {
     }
 
     #[test]
+    fn the_crm_setting_picks_the_adapter_and_its_settings_fail_like_the_others() {
+        let settings = Settings::from_vars(&vars(&[])).unwrap();
+        assert_eq!(settings.crm, CrmChoice::Dataverse);
+        let err = Settings::from_vars(&vars(&[("CRM", "hubspot")])).unwrap_err();
+        assert!(err.to_string().contains("CRM"), "{err}");
+        // Missing: the start goes on; what needs Salesforce names the setting.
+        let settings = Settings::from_vars(&vars(&[("CRM", "Salesforce")])).unwrap();
+        assert_eq!(settings.crm, CrmChoice::Salesforce);
+        let missing = settings.salesforce.require().unwrap_err().to_string();
+        assert!(missing.contains("SALESFORCE_URL"), "{missing}");
+        let http = reqwest::Client::new();
+        let missing = crate::crm::from_settings(&settings, http.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("SALESFORCE_URL"), "{missing}");
+        // Invalid: the start stops, naming it.
+        let err = Settings::from_vars(&vars(&[
+            ("CRM", "salesforce"),
+            ("SALESFORCE_URL", "http://acme.my.salesforce.com"),
+            ("SALESFORCE_CLIENT_ID", "id"),
+            ("SALESFORCE_CLIENT_SECRET", "secret"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("SALESFORCE_URL"), "{err}");
+        // Complete: Salesforce's defaults, and its field names in the mapping.
+        let settings = Settings::from_vars(&vars(&[
+            ("CRM", "salesforce"),
+            ("SALESFORCE_URL", "https://acme.my.salesforce.com"),
+            ("SALESFORCE_CLIENT_ID", "id"),
+            ("SALESFORCE_CLIENT_SECRET", "secret"),
+        ]))
+        .unwrap();
+        let sf = settings.salesforce.require().unwrap();
+        assert_eq!(sf.new_stage, "Prospecting");
+        assert!(crate::crm::from_settings(&settings, http).is_ok());
+        assert!(
+            settings
+                .sync
+                .mappings
+                .lead
+                .rules()
+                .iter()
+                .any(|r| r.column == "Company")
+        );
+    }
+
+    #[test]
     fn defaults_apply_when_nothing_is_set() {
         let s = Settings::from_vars(&HashMap::new()).unwrap();
         assert_eq!(s.port, 0);

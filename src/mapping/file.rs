@@ -441,6 +441,35 @@ mod tests {
     }
 
     #[test]
+    fn each_crm_checks_names_as_it_spells_them() {
+        let salesforce = |text: &str| {
+            Mappings::from_json_text(text, crate::crm::salesforce::default_mapping)
+        };
+        let m = salesforce(
+            r#"{"tables": {"Lead": {"columns": {"Industry": {"from": "details.notes"}}},
+                           "Opportunity": {"columns": {"Next_Step__c": {"from": "details.notes"}}}}}"#,
+        )
+        .unwrap();
+        assert!(m.lead.rules().iter().any(|r| r.column == "Industry"));
+        assert!(m.opportunity.rules().iter().any(|r| r.column == "Next_Step__c"));
+        let cases = [
+            (r#"{"tables": {"Lead": {"columns": {"Bad Name": null}}}}"#, "field API name"),
+            (
+                r#"{"tables": {"Lead": {"columns": {"Partner_Center_Referral_Id__c": {"from": "id"}}}}}"#,
+                "managed by the connector",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = salesforce(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        let err = parse(r#"{"columns": {"BillingCity": {"from": "id"}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("logical name"), "{err}");
+    }
+
+    #[test]
     fn table_sections_change_each_table_and_the_top_level_still_means_lead() {
         let m = parse(
             r#"{"columns": {"telephone1": null},
