@@ -48,7 +48,7 @@ use serde_json::{Value, json};
 use testkit::{
     azurite::Azurite,
     cert_world::CertWorld,
-    fakes::{FakeServer, RandomFaults, REFERRAL_ID_FIELD},
+    fakes::{FakeServer, REFERRAL_ID_FIELD, RandomFaults},
     host::{callback_body, http_envelope, timer_envelope},
     sync_world::{
         KEY_COLUMN, SyncWorld, queue_envelope, referral, shared_opportunity,
@@ -446,8 +446,7 @@ async fn run(
     for record in crm.records(&fakes, kind) {
         per_key.entry(crm.key(&record)).or_default().push(record);
     }
-    let mappings =
-        Mappings::from_json_text(crm.mapping(), crm.default_mapping()).expect("mapping");
+    let mappings = Mappings::from_json_text(crm.mapping(), crm.default_mapping()).expect("mapping");
     let mapping = mappings.table(kind);
     let policy = settings.sync.policy.clone();
     let table = kind.name();
@@ -728,8 +727,7 @@ async fn seller(side: &CrmSide, crm: Crm, world: &SyncWorld, seed: u64) {
         let open: Vec<String> = opportunities
             .iter()
             .filter(|o| {
-                crm.standing(RecordKind::Opportunity, o) == Standing::Open
-                    && !crm.key(o).is_empty()
+                crm.standing(RecordKind::Opportunity, o) == Standing::Open && !crm.key(o).is_empty()
             })
             .filter_map(|o| o[id_field].as_str().map(str::to_owned))
             .collect();
@@ -887,11 +885,13 @@ impl Crm {
                     Standing::Open
                 }
             }
-            (Self::Salesforce, RecordKind::Opportunity) => match (flag("IsClosed"), flag("IsWon")) {
-                (false, _) => Standing::Open,
-                (true, true) => Standing::Won,
-                (true, false) => Standing::Lost,
-            },
+            (Self::Salesforce, RecordKind::Opportunity) => {
+                match (flag("IsClosed"), flag("IsWon")) {
+                    (false, _) => Standing::Open,
+                    (true, true) => Standing::Won,
+                    (true, false) => Standing::Lost,
+                }
+            }
         }
     }
 
