@@ -209,7 +209,7 @@ fn main() {
                 std::process::exit(2);
             }
         };
-        args.drain(at..(at + 2).min(args.len()));
+        args.drain(at..at + 2);
     }
     let events: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let rate: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0.2);
