@@ -1,7 +1,7 @@
 //! Reliability run (not a unit test): 10,000 signed referral events with duplicates and
 //! reorderings go through ReferralWebhook, an in-memory queue that behaves like the host's
 //! (re-delivery with a rising dequeue count, poison after maxDequeueCount), and ReferralSync,
-//! while the Partner Center, Dataverse and token fakes inject 429 + Retry-After, 503,
+//! while the Partner Center, CRM and token fakes inject 429 + Retry-After, 503,
 //! timeouts and connection resets on 20 % of requests. Loopback only, bounded in count and
 //! time. Afterwards every referral must have exactly one correct lead and a consistent
 //! write-back, or sit in the poison queue with its reason.
@@ -18,9 +18,15 @@
 //! shared opportunity must have exactly one referral, and a further round of callbacks and
 //! polls must write nothing.
 //!
+//! With `--crm salesforce` (default `dataverse`) the same traffic and faults go to the
+//! Salesforce fake instead: Leads and Opportunities keyed by `Partner_Center_Referral_Id__c`,
+//! accounts found by name and postal code, sellers moving `StageName`, `Amount` and
+//! `CloseDate`, and (two-way) share claims in a real Azurite as the app's storage account.
+//! The verdicts are the same.
+//!
 //! `scripts/reliability.sh` (= `cargo run --release --example reliability`); exits non-zero on
 //! any loss or duplicate. Arguments:
-//! `[--target lead|opportunity | --two-way] [events] [fault-rate] [seed]`.
+//! `[--crm dataverse|salesforce] [--target lead|opportunity | --two-way] [events] [fault-rate] [seed]`.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -34,28 +40,38 @@ use std::{
 use futures::{StreamExt, stream};
 use referral_connector::{
     config::Settings,
-    crm::{RecordKind, dataverse},
-    mapping::Mappings,
+    crm::{RecordKind, dataverse, salesforce},
+    mapping::{Mappings, TableMapping},
     startup::Application,
 };
 use serde_json::{Value, json};
 use testkit::{
+    azurite::Azurite,
     cert_world::CertWorld,
-    fakes::RandomFaults,
+    fakes::{FakeServer, REFERRAL_ID_FIELD, RandomFaults},
     host::{callback_body, http_envelope, timer_envelope},
     sync_world::{
-        KEY_COLUMN, SyncWorld, queue_envelope, referral, shared_opportunity, sync_message,
+        KEY_COLUMN, SyncWorld, queue_envelope, referral, shared_opportunity,
+        shared_salesforce_opportunity, sync_message,
     },
 };
 
 const MAX_DEQUEUE_COUNT: u32 = 5;
 /// Customers the opportunity run spreads its referrals over (so first syncs race for accounts).
 const CUSTOMERS: usize = 50;
-/// The mapping of the run: notes follow the referral on every sync in both tables.
-const MAPPING: &str = r#"{"tables": {
+/// The mapping of the run on Dataverse: notes follow the referral on every sync in both tables.
+const DATAVERSE_MAPPING: &str = r#"{"tables": {
     "lead": {"columns": {"description": {"from": "details.notes"}}},
     "opportunity": {"columns": {"description": {"from": "details.notes"}}}
 }}"#;
+/// The same mapping on Salesforce.
+const SALESFORCE_MAPPING: &str = r#"{"tables": {
+    "Lead": {"columns": {"Description": {"from": "details.notes"}}},
+    "Opportunity": {"columns": {"Description": {"from": "details.notes"}}}
+}}"#;
+/// The run's daily API allocation of the Salesforce fake: high enough that the API budget
+/// never stops the sync (this run is about faults, not about the budget).
+const SALESFORCE_API_LIMIT: u64 = 10_000_000;
 const DEADLINE: Duration = Duration::from_secs(20 * 60);
 
 struct Message {
@@ -181,6 +197,20 @@ fn main() {
         };
         args.drain(at..at + 2);
     }
+    let mut crm = Crm::Dataverse;
+    if let Some(at) = args.iter().position(|a| a == "--crm") {
+        crm = match args.get(at + 1).map(String::as_str).and_then(Crm::parse) {
+            Some(crm) => crm,
+            None => {
+                eprintln!(
+                    "--crm takes dataverse or salesforce, not {:?}",
+                    args.get(at + 1)
+                );
+                std::process::exit(2);
+            }
+        };
+        args.drain(at..at + 2);
+    }
     let events: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let rate: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0.2);
     let seed: u64 = args
@@ -192,7 +222,7 @@ fn main() {
         .build()
         .unwrap();
     let ok = runtime.block_on(async move {
-        tokio::time::timeout(DEADLINE, run(events, rate, seed, kind, two_way))
+        tokio::time::timeout(DEADLINE, run(crm, events, rate, seed, kind, two_way))
             .await
             .unwrap_or_else(|_| {
                 println!("FAIL: the run did not finish within {DEADLINE:?}");
@@ -202,14 +232,27 @@ fn main() {
     std::process::exit(if ok { 0 } else { 1 });
 }
 
-async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: bool) -> bool {
+async fn run(
+    crm: Crm,
+    events: usize,
+    rate: f64,
+    seed: u64,
+    kind: RecordKind,
+    two_way: bool,
+) -> bool {
     let started = Instant::now();
     let fakes = SyncWorld::start().await;
     let certs = CertWorld::start().await;
     let mapping_file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(mapping_file.path(), MAPPING).expect("mapping file");
-    let mut vars = fakes.vars();
+    std::fs::write(mapping_file.path(), crm.mapping()).expect("mapping file");
+    let mut vars = crm.vars(&fakes);
     vars.extend(certs.vars());
+    // Salesforce has no If-Match: a seller's share is claimed in the app's storage account.
+    let azurite = (crm == Crm::Salesforce && two_way).then(Azurite::start);
+    if let Some(azurite) = &azurite {
+        vars.insert("AzureWebJobsStorage".into(), azurite.connection_string());
+    }
+    fakes.salesforce.set_api_limit(SALESFORCE_API_LIMIT);
     vars.insert("SYNC_TARGET".into(), kind.name().into());
     vars.insert(
         "REFERRAL_MAPPING_FILE".into(),
@@ -266,12 +309,12 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
         lost_answers: two_way,
     };
     fakes.partner_center.set_random_faults(Some(faults(1)));
-    fakes.dataverse.set_random_faults(Some(faults(2)));
+    crm.fake(&fakes).set_random_faults(Some(faults(2)));
     fakes.entra.set_random_faults(Some(faults(3)));
 
     let shared: Vec<String> = if two_way {
         (0..(referrals / 10).max(10))
-            .map(|j| shared_opportunity(&fakes.dataverse, &format!("Shared customer {j}")))
+            .map(|j| crm.share(&fakes, &format!("Shared customer {j}")))
             .collect()
     } else {
         Vec::new()
@@ -337,11 +380,11 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
     tokio::join!(
         traffic,
         poll_timer(&crm_side, &host, &client, &crm_changes_url),
-        seller(&crm_side, &fakes.dataverse, seed),
+        seller(&crm_side, crm, &fakes, seed),
     );
     let shared_under_faults = fakes.partner_center.created().len();
     fakes.partner_center.set_random_faults(None);
-    fakes.dataverse.set_random_faults(None);
+    crm.fake(&fakes).set_random_faults(None);
     fakes.entra.set_random_faults(None);
     let mut writes_after_quiescence = 0;
     let mut quiescence_rounds = 0;
@@ -352,7 +395,7 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
         let writes = || {
             let pc = &fakes.partner_center;
             let patches: usize = pc.referral_ids().iter().map(|id| pc.patch_count(id)).sum();
-            fakes.dataverse.write_count() + patches + pc.created().len()
+            crm.write_count(&fakes) + patches + pc.created().len()
         };
         let round = || async {
             let before = writes();
@@ -398,18 +441,12 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
             reason,
         );
     }
-    let (records, id_column) = match kind {
-        RecordKind::Lead => (fakes.dataverse.leads(), "leadid"),
-        RecordKind::Opportunity => (fakes.dataverse.opportunities(), "opportunityid"),
-    };
+    let id_column = crm.id_field(kind);
     let mut per_key: HashMap<String, Vec<Value>> = HashMap::new();
-    for record in records {
-        per_key
-            .entry(record[KEY_COLUMN].as_str().unwrap_or("").to_owned())
-            .or_default()
-            .push(record);
+    for record in crm.records(&fakes, kind) {
+        per_key.entry(crm.key(&record)).or_default().push(record);
     }
-    let mappings = Mappings::from_json_text(MAPPING, dataverse::default_mapping).expect("mapping");
+    let mappings = Mappings::from_json_text(crm.mapping(), crm.default_mapping()).expect("mapping");
     let mapping = mappings.table(kind);
     let policy = settings.sync.policy.clone();
     let table = kind.name();
@@ -428,7 +465,7 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
                 referral_connector::domain::Referral::from_json(document.clone(), None).unwrap();
             // A closed record is read-only (the status table): what Partner Center changed
             // after the seller closed it stays in the referral.
-            let mut wanted = if record["statecode"] == 0 {
+            let mut wanted = if crm.standing(kind, record) == Standing::Open {
                 mapping.record_columns(&r, false).unwrap()
             } else {
                 serde_json::Map::new()
@@ -438,7 +475,7 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
                 referral_connector::mapping::same_value(v, record.get(k).unwrap_or(&Value::Null))
             });
             let state_ok = if two_way {
-                agrees(&document, record)
+                agrees(crm, &document, record)
             } else {
                 document["status"] == "Active" && document["substatus"] == "Accepted"
             };
@@ -455,15 +492,16 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
             stale += 1;
             println!("STALE {rid}: {table} or write-back differs and no poison entry");
             if let Some(record) = found.first() {
+                let [notes, value, date] = crm.notes_value_date();
                 println!(
-                    "  referral {} {} {}; record state {} description {} value {} date {}",
+                    "  referral {} {} {}; record state {:?} notes {} value {} date {}",
                     document["status"],
                     document["substatus"],
                     document["details"],
-                    record["statecode"],
-                    record["description"],
-                    record["estimatedvalue"],
-                    record["estimatedclosedate"]
+                    crm.standing(kind, record),
+                    record[notes],
+                    record[value],
+                    record[date]
                 );
             }
         }
@@ -483,15 +521,17 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
             .iter()
             .filter(|r| r["externalReferenceId"].as_str() == Some(opportunity.as_str()))
             .collect();
-        let record = fakes.dataverse.opportunity_by_id(opportunity).unwrap();
+        let record = crm.opportunity(&fakes, opportunity).unwrap();
         match mine.as_slice() {
             [] => {
                 shared_missing += 1;
                 println!("UNSHARED {opportunity}: no referral");
             }
             [one] => {
-                let linked = record[KEY_COLUMN] == one["id"];
-                if linked && agrees(one, &record) {
+                let linked = one["id"]
+                    .as_str()
+                    .is_some_and(|rid| crm.key(&record) == rid.to_lowercase());
+                if linked && agrees(crm, one, &record) {
                     shared_ok += 1;
                 } else {
                     shared_disagree += 1;
@@ -507,15 +547,16 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
             }
         }
     }
-    let mut accounts: HashMap<String, usize> = HashMap::new();
-    for account in fakes.dataverse.accounts() {
-        let name = account["name"].as_str().unwrap_or("").to_lowercase();
+    let account_names = crm.account_names(&fakes);
+    let mut accounts: HashMap<&str, usize> = HashMap::new();
+    for name in &account_names {
         *accounts.entry(name).or_default() += 1;
     }
     let duplicate_accounts = accounts.values().filter(|n| **n > 1).count();
     let elapsed = started.elapsed();
     println!(
-        "reliability run ({table}): {events} events for {referrals} referrals, fault rate {rate} on Partner Center, Dataverse and the token endpoint, seed {seed}"
+        "reliability run ({table}): {events} events for {referrals} referrals, fault rate {rate} on Partner Center, {} and the token endpoint, seed {seed}",
+        crm.name()
     );
     println!(
         "  webhook callbacks accepted and queued     {}",
@@ -530,9 +571,10 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
         host.failed_invocations.load(Ordering::Relaxed)
     );
     println!(
-        "  faults injected: Partner Center {}, Dataverse {}, token endpoint {}",
+        "  faults injected: Partner Center {}, {} {}, token endpoint {}",
         fakes.partner_center.injected_faults(),
-        fakes.dataverse.injected_faults(),
+        crm.name(),
+        crm.fake(&fakes).injected_faults(),
         fakes.entra.injected_faults()
     );
     println!(
@@ -546,7 +588,7 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
     if kind == RecordKind::Opportunity {
         println!(
             "  accounts {} for {} customers, duplicated {duplicate_accounts}",
-            fakes.dataverse.accounts().len(),
+            account_names.len(),
             CUSTOMERS.min(referrals) + shared.len()
         );
     }
@@ -565,6 +607,12 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
         );
         println!(
             "  quiescence after {quiescence_rounds} rounds; writes in the round after it {writes_after_quiescence}"
+        );
+    }
+    if crm == Crm::Salesforce {
+        println!(
+            "  Salesforce API calls counted               {}",
+            fakes.salesforce.api_usage()
         );
     }
     println!("  elapsed {:.1} s", elapsed.as_secs_f64());
@@ -592,23 +640,20 @@ async fn run(events: usize, rate: f64, seed: u64, kind: RecordKind, two_way: boo
 
 /// Whether a referral and its opportunity agree on what the CRM owns: the state, the deal
 /// value and the close date.
-fn agrees(referral: &Value, record: &Value) -> bool {
-    let state_ok = match record["statecode"].as_i64() {
-        Some(0) => referral["status"] == "Active",
-        Some(1) => referral["status"] == "Closed" && referral["substatus"] == "Won",
-        Some(2) => referral["status"] == "Closed" && referral["substatus"] == "Lost",
-        _ => false,
+fn agrees(crm: Crm, referral: &Value, record: &Value) -> bool {
+    let state_ok = match crm.standing(RecordKind::Opportunity, record) {
+        Standing::Open => referral["status"] == "Active",
+        Standing::Won => referral["status"] == "Closed" && referral["substatus"] == "Won",
+        Standing::Lost => referral["status"] == "Closed" && referral["substatus"] == "Lost",
+        Standing::Other => false,
     };
-    let value_ok = referral_connector::mapping::same_value(
-        &referral["details"]["dealValue"],
-        &record["estimatedvalue"],
-    );
+    let [_, value, date] = crm.notes_value_date();
+    let value_ok =
+        referral_connector::mapping::same_value(&referral["details"]["dealValue"], &record[value]);
     let date_ok = referral["details"]["closingDateTime"]
         .as_str()
         .and_then(|d| d.get(..10))
-        == record["estimatedclosedate"]
-            .as_str()
-            .and_then(|d| d.get(..10));
+        == record[date].as_str().and_then(|d| d.get(..10));
     state_ok && value_ok && date_ok
 }
 
@@ -672,44 +717,227 @@ async fn poll_timer(side: &CrmSide, host: &Host, client: &reqwest::Client, url: 
 
 /// Sellers: every 40 ms one open linked opportunity gets a new value or close date, or (one
 /// time in ten, for at most a tenth of them) is won or lost.
-async fn seller(side: &CrmSide, dv: &testkit::fakes::FakeDataverse, seed: u64) {
+async fn seller(side: &CrmSide, crm: Crm, world: &SyncWorld, seed: u64) {
     let mut rng = Xorshift(seed.rotate_left(17) | 1);
+    let id_field = crm.id_field(RecordKind::Opportunity);
+    let [_, value_field, date_field] = crm.notes_value_date();
     while side.enabled && side.stop.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(40)).await;
-        let open: Vec<String> = dv
-            .opportunities()
-            .into_iter()
-            .filter(|o| o["statecode"] == 0 && o[KEY_COLUMN].is_string())
-            .filter_map(|o| o["opportunityid"].as_str().map(str::to_owned))
+        let opportunities = crm.records(world, RecordKind::Opportunity);
+        let open: Vec<String> = opportunities
+            .iter()
+            .filter(|o| {
+                crm.standing(RecordKind::Opportunity, o) == Standing::Open && !crm.key(o).is_empty()
+            })
+            .filter_map(|o| o[id_field].as_str().map(str::to_owned))
             .collect();
         if open.is_empty() {
             continue;
         }
         let id = &open[(rng.next() % open.len() as u64) as usize];
-        let total = dv.opportunities().len();
+        let total = opportunities.len();
         match rng.next() % 10 {
             0 if side.closes.load(Ordering::Relaxed) < total / 10 => {
                 side.closes.fetch_add(1, Ordering::Relaxed);
-                if rng.next().is_multiple_of(2) {
-                    dv.set_opportunity_state(id, 1, 3);
-                } else {
-                    dv.set_opportunity_state(id, 2, 4);
-                }
+                crm.close(world, id, rng.next().is_multiple_of(2));
             }
             n if n % 2 == 0 => {
                 side.edits.fetch_add(1, Ordering::Relaxed);
                 let value = 1000 * (1 + rng.next() % 500);
-                dv.set_opportunity_column(id, "estimatedvalue", json!(value));
+                crm.edit(world, id, value_field, json!(value));
             }
             _ => {
                 side.edits.fetch_add(1, Ordering::Relaxed);
                 let day = 1 + rng.next() % 28;
-                dv.set_opportunity_column(
-                    id,
-                    "estimatedclosedate",
-                    json!(format!("2027-05-{day:02}")),
-                );
+                crm.edit(world, id, date_field, json!(format!("2027-05-{day:02}")));
             }
+        }
+    }
+}
+
+/// Where a CRM record stands, as the verifier reads it from the fake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Open,
+    Won,
+    Lost,
+    Other,
+}
+
+/// The CRM the run syncs with: its settings, its fake, the field names of a record and what
+/// a seller does there. Everything else in the run is the same for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Crm {
+    Dataverse,
+    Salesforce,
+}
+
+impl Crm {
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "dataverse" => Some(Self::Dataverse),
+            "salesforce" => Some(Self::Salesforce),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Dataverse => "Dataverse",
+            Self::Salesforce => "Salesforce",
+        }
+    }
+
+    fn mapping(self) -> &'static str {
+        match self {
+            Self::Dataverse => DATAVERSE_MAPPING,
+            Self::Salesforce => SALESFORCE_MAPPING,
+        }
+    }
+
+    fn default_mapping(self) -> fn(RecordKind) -> TableMapping {
+        match self {
+            Self::Dataverse => dataverse::default_mapping,
+            Self::Salesforce => salesforce::default_mapping,
+        }
+    }
+
+    /// The settings pointing the connector at this CRM's fake.
+    fn vars(self, world: &SyncWorld) -> HashMap<String, String> {
+        match self {
+            Self::Dataverse => world.vars(),
+            Self::Salesforce => world.salesforce_vars(),
+        }
+    }
+
+    fn fake(self, world: &SyncWorld) -> &FakeServer {
+        match self {
+            Self::Dataverse => &world.dataverse,
+            Self::Salesforce => &world.salesforce,
+        }
+    }
+
+    /// Live records of `kind`.
+    fn records(self, world: &SyncWorld, kind: RecordKind) -> Vec<Value> {
+        match (self, kind) {
+            (Self::Dataverse, RecordKind::Lead) => world.dataverse.leads(),
+            (Self::Dataverse, RecordKind::Opportunity) => world.dataverse.opportunities(),
+            (Self::Salesforce, kind) => world.salesforce.records(salesforce::object(kind)),
+        }
+    }
+
+    fn opportunity(self, world: &SyncWorld, id: &str) -> Option<Value> {
+        match self {
+            Self::Dataverse => world.dataverse.opportunity_by_id(id),
+            Self::Salesforce => world.salesforce.get(id),
+        }
+    }
+
+    /// The field holding a record's own id.
+    fn id_field(self, kind: RecordKind) -> &'static str {
+        match (self, kind) {
+            (Self::Dataverse, RecordKind::Lead) => "leadid",
+            (Self::Dataverse, RecordKind::Opportunity) => "opportunityid",
+            (Self::Salesforce, _) => "Id",
+        }
+    }
+
+    /// The field holding the referral id.
+    fn key_field(self) -> &'static str {
+        match self {
+            Self::Dataverse => KEY_COLUMN,
+            Self::Salesforce => REFERRAL_ID_FIELD,
+        }
+    }
+
+    /// The referral id a record holds, lower-case (empty when none).
+    fn key(self, record: &Value) -> String {
+        record[self.key_field()]
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase()
+    }
+
+    /// The notes, deal value and close date fields of an opportunity.
+    fn notes_value_date(self) -> [&'static str; 3] {
+        match self {
+            Self::Dataverse => ["description", "estimatedvalue", "estimatedclosedate"],
+            Self::Salesforce => ["Description", "Amount", "CloseDate"],
+        }
+    }
+
+    fn standing(self, kind: RecordKind, record: &Value) -> Standing {
+        let flag = |name: &str| record[name].as_bool().unwrap_or(false);
+        match (self, kind) {
+            (Self::Dataverse, _) => match record["statecode"].as_i64() {
+                Some(0) => Standing::Open,
+                Some(1) => Standing::Won,
+                Some(2) => Standing::Lost,
+                _ => Standing::Other,
+            },
+            (Self::Salesforce, RecordKind::Lead) => {
+                let closed = record["Status"]
+                    .as_str()
+                    .is_some_and(|s| s.to_lowercase().starts_with("closed"));
+                if flag("IsConverted") || closed {
+                    Standing::Other
+                } else {
+                    Standing::Open
+                }
+            }
+            (Self::Salesforce, RecordKind::Opportunity) => {
+                match (flag("IsClosed"), flag("IsWon")) {
+                    (false, _) => Standing::Open,
+                    (true, true) => Standing::Won,
+                    (true, false) => Standing::Lost,
+                }
+            }
+        }
+    }
+
+    /// Successful data writes the fake has seen.
+    fn write_count(self, world: &SyncWorld) -> usize {
+        match self {
+            Self::Dataverse => world.dataverse.write_count(),
+            Self::Salesforce => world.salesforce.write_count(),
+        }
+    }
+
+    /// A seller's opportunity for a new `customer`, marked to sync with Partner Center.
+    fn share(self, world: &SyncWorld, customer: &str) -> String {
+        match self {
+            Self::Dataverse => shared_opportunity(&world.dataverse, customer),
+            Self::Salesforce => shared_salesforce_opportunity(&world.salesforce, customer),
+        }
+    }
+
+    /// The names of all accounts, lower-case.
+    fn account_names(self, world: &SyncWorld) -> Vec<String> {
+        let (accounts, field) = match self {
+            Self::Dataverse => (world.dataverse.accounts(), "name"),
+            Self::Salesforce => (world.salesforce.records("Account"), "Name"),
+        };
+        accounts
+            .iter()
+            .map(|a| a[field].as_str().unwrap_or("").to_lowercase())
+            .collect()
+    }
+
+    /// A seller wins or loses opportunity `id`.
+    fn close(self, world: &SyncWorld, id: &str, won: bool) {
+        match (self, won) {
+            (Self::Dataverse, true) => world.dataverse.set_opportunity_state(id, 1, 3),
+            (Self::Dataverse, false) => world.dataverse.set_opportunity_state(id, 2, 4),
+            (Self::Salesforce, true) => world.salesforce.set_stage(id, "Closed Won"),
+            (Self::Salesforce, false) => world.salesforce.set_stage(id, "Closed Lost"),
+        }
+    }
+
+    /// A seller sets `field` of opportunity `id`.
+    fn edit(self, world: &SyncWorld, id: &str, field: &str, value: Value) {
+        match self {
+            Self::Dataverse => world.dataverse.set_opportunity_column(id, field, value),
+            Self::Salesforce => world.salesforce.set_field(id, field, value),
         }
     }
 }
