@@ -8,7 +8,7 @@
 //! share claim is a conditional blob write in the app's storage account. `setup` creates the
 //! connector's fields and permission set and checks the org.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
@@ -89,9 +89,9 @@ pub struct SalesforceCrm {
     claims: Claims,
     stages: Arc<OnceCell<Vec<opportunity::StageRow>>>,
     currency: Arc<OnceCell<Option<String>>>,
-    /// Find-or-create of accounts, one at a time in this process, so concurrent first syncs
-    /// for one customer link one account.
-    accounts: Arc<Mutex<()>>,
+    /// Find-or-create of accounts, one at a time per customer in this process, so concurrent
+    /// first syncs for one customer link one account.
+    accounts: Arc<std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>>,
 }
 
 /// Where share claims are kept: the app's storage account, or why it cannot be used.
@@ -337,7 +337,19 @@ impl SalesforceCrm {
             postal.as_deref().map_or("null".to_owned(), literal)
         );
         let error = |e| Self::error(RecordKind::Opportunity, e);
-        let _one_at_a_time = self.accounts.lock().await;
+        let customer = format!(
+            "{}\n{}",
+            name.to_lowercase(),
+            postal.as_deref().unwrap_or("").to_lowercase()
+        );
+        let lock = self
+            .accounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(customer)
+            .or_default()
+            .clone();
+        let _one_at_a_time = lock.lock().await;
         let found = self.client.query(&soql).await.map_err(error)?;
         if let Some(first) = found.first().and_then(|r| text_of(r, "Id")) {
             if found.len() > 1 {
