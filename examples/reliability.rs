@@ -59,16 +59,6 @@ use testkit::{
 const MAX_DEQUEUE_COUNT: u32 = 5;
 /// Customers the opportunity run spreads its referrals over (so first syncs race for accounts).
 const CUSTOMERS: usize = 50;
-/// The mapping of the run on Dataverse: notes follow the referral on every sync in both tables.
-const DATAVERSE_MAPPING: &str = r#"{"tables": {
-    "lead": {"columns": {"description": {"from": "details.notes"}}},
-    "opportunity": {"columns": {"description": {"from": "details.notes"}}}
-}}"#;
-/// The same mapping on Salesforce.
-const SALESFORCE_MAPPING: &str = r#"{"tables": {
-    "Lead": {"columns": {"Description": {"from": "details.notes"}}},
-    "Opportunity": {"columns": {"Description": {"from": "details.notes"}}}
-}}"#;
 /// The run's daily API allocation of the Salesforce fake: high enough that the API budget
 /// never stops the sync (this run is about faults, not about the budget).
 const SALESFORCE_API_LIMIT: u64 = 10_000_000;
@@ -790,8 +780,8 @@ impl Crm {
 
     fn mapping(self) -> &'static str {
         match self {
-            Self::Dataverse => DATAVERSE_MAPPING,
-            Self::Salesforce => SALESFORCE_MAPPING,
+            Self::Dataverse => testkit::sync_world::DATAVERSE_NOTES_MAPPING,
+            Self::Salesforce => testkit::sync_world::SALESFORCE_NOTES_MAPPING,
         }
     }
 

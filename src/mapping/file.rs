@@ -442,18 +442,25 @@ mod tests {
 
     #[test]
     fn each_crm_checks_names_as_it_spells_them() {
-        let salesforce = |text: &str| {
-            Mappings::from_json_text(text, crate::crm::salesforce::default_mapping)
-        };
+        let salesforce =
+            |text: &str| Mappings::from_json_text(text, crate::crm::salesforce::default_mapping);
         let m = salesforce(
             r#"{"tables": {"Lead": {"columns": {"Industry": {"from": "details.notes"}}},
                            "Opportunity": {"columns": {"Next_Step__c": {"from": "details.notes"}}}}}"#,
         )
         .unwrap();
         assert!(m.lead.rules().iter().any(|r| r.column == "Industry"));
-        assert!(m.opportunity.rules().iter().any(|r| r.column == "Next_Step__c"));
+        assert!(
+            m.opportunity
+                .rules()
+                .iter()
+                .any(|r| r.column == "Next_Step__c")
+        );
         let cases = [
-            (r#"{"tables": {"Lead": {"columns": {"Bad Name": null}}}}"#, "field API name"),
+            (
+                r#"{"tables": {"Lead": {"columns": {"Bad Name": null}}}}"#,
+                "field API name",
+            ),
             (
                 r#"{"tables": {"Lead": {"columns": {"Partner_Center_Referral_Id__c": {"from": "id"}}}}}"#,
                 "managed by the connector",

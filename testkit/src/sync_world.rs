@@ -20,6 +20,19 @@ pub const DATAVERSE_TENANT: &str = "11111111-2222-3333-4444-555555555555";
 /// The alternate-key column.
 pub const KEY_COLUMN: &str = "new_partnercenterreferralid";
 
+/// A mapping file for Dataverse in which the notes follow the referral on every sync in both
+/// tables (so every table has a Partner Center → CRM column).
+pub const DATAVERSE_NOTES_MAPPING: &str = r#"{"tables": {
+    "lead": {"columns": {"description": {"from": "details.notes"}}},
+    "opportunity": {"columns": {"description": {"from": "details.notes"}}}
+}}"#;
+
+/// [`DATAVERSE_NOTES_MAPPING`] for Salesforce.
+pub const SALESFORCE_NOTES_MAPPING: &str = r#"{"tables": {
+    "Lead": {"columns": {"Description": {"from": "details.notes"}}},
+    "Opportunity": {"columns": {"Description": {"from": "details.notes"}}}
+}}"#;
+
 /// The three fakes and the PKI that makes the token endpoint's TLS trusted.
 pub struct SyncWorld {
     /// Root of the TLS certificate of the token endpoint.

@@ -8,7 +8,10 @@ use std::{collections::HashMap, future::Future, io::Write};
 use serde_json::{Value, json};
 use testkit::{
     fakes::{Fault, Recorded},
-    sync_world::{KEY_COLUMN, SyncWorld, queue_envelope, referral, sync_message},
+    sync_world::{
+        DATAVERSE_NOTES_MAPPING, KEY_COLUMN, SALESFORCE_NOTES_MAPPING, SyncWorld, queue_envelope,
+        referral, sync_message,
+    },
 };
 
 use crate::helpers::{REFERRAL_ID, TestApp, settings_from};
@@ -61,16 +64,6 @@ pub struct SalesforceLead;
 /// Salesforce `Opportunity`.
 pub struct SalesforceOpportunity;
 
-const DATAVERSE_MAPPING: &str = r#"{"tables": {
-    "lead": {"columns": {"description": {"from": "details.notes"}}},
-    "opportunity": {"columns": {"description": {"from": "details.notes"}}}
-}}"#;
-
-const SALESFORCE_MAPPING: &str = r#"{"tables": {
-    "Lead": {"columns": {"Description": {"from": "details.notes"}}},
-    "Opportunity": {"columns": {"Description": {"from": "details.notes"}}}
-}}"#;
-
 /// What the Dataverse tables share.
 trait DataverseTable {
     fn path(&self) -> &'static str;
@@ -82,7 +75,7 @@ macro_rules! dataverse_common {
             w.vars()
         }
         fn mapping(&self) -> &'static str {
-            DATAVERSE_MAPPING
+            DATAVERSE_NOTES_MAPPING
         }
         fn notes(&self) -> &'static str {
             "description"
@@ -221,7 +214,7 @@ macro_rules! salesforce_common {
             w.salesforce_vars()
         }
         fn mapping(&self) -> &'static str {
-            SALESFORCE_MAPPING
+            SALESFORCE_NOTES_MAPPING
         }
         fn notes(&self) -> &'static str {
             "Description"
