@@ -147,6 +147,31 @@ async fn a_new_opportunity_gets_the_first_stage_and_one_account_for_the_customer
 }
 
 #[tokio::test]
+async fn with_multiple_currencies_a_new_opportunity_takes_the_referral_s_currency_when_active() {
+    let w = World::start("opportunity", false, &[]).await;
+    w.sf().enable_multi_currency(&["EUR", "USD"]);
+    w.sync_ok().await;
+    assert_eq!(w.one("Opportunity")["CurrencyIsoCode"], "USD");
+    // A currency the org has not activated: the org's default, said in the audit.
+    let other = "0d6f1b7e-2c3a-4b5c-8d9e-0f1a2b3c4d5e";
+    let mut gbp = referral(other);
+    gbp["details"]["currency"] = json!("GBP");
+    w.fakes.partner_center.insert_referral(gbp);
+    let (status, answer) = w.sync_id(other).await;
+    assert_eq!(status, 200, "{answer}");
+    let found = w.sf().find_by_referral_id("Opportunity", other);
+    assert_eq!(found[0]["CurrencyIsoCode"], "EUR");
+    assert!(
+        found[0]["Partner_Center_Audit__c"]
+            .as_str()
+            .unwrap()
+            .contains("currency GBP is not an active currency"),
+        "{}",
+        found[0]
+    );
+}
+
+#[tokio::test]
 async fn a_configured_first_stage_is_used() {
     let w = World::start(
         "opportunity",
@@ -491,6 +516,21 @@ async fn a_shared_opportunity_becomes_exactly_one_referral_and_nothing_is_writte
     let (status, _) = s.w.sync_id(&referral_id).await;
     assert_eq!(status, 200);
     assert_eq!(s.w.writes(), writes);
+}
+
+#[tokio::test]
+async fn with_multiple_currencies_the_opportunity_s_own_currency_is_shared() {
+    let w = World::start("opportunity", true, &[]).await;
+    w.sf().enable_multi_currency(&["USD", "EUR"]);
+    let opportunity = shared_salesforce_opportunity(w.sf(), "Contoso");
+    w.sf()
+        .set_field(&opportunity, "CurrencyIsoCode", json!("EUR"));
+    w.sf().set_system_modstamp(&opportunity, &ago(10));
+    let (status, answer, _) = w.app.crm_changes(None).await;
+    assert_eq!(status, 200, "{answer}");
+    let created = w.fakes.partner_center.created();
+    assert_eq!(created.len(), 1, "{answer}");
+    assert_eq!(created[0]["details"]["currency"], "EUR");
 }
 
 #[tokio::test]

@@ -89,6 +89,9 @@ pub struct SalesforceCrm {
     claims: Claims,
     stages: Arc<OnceCell<Vec<opportunity::StageRow>>>,
     currency: Arc<OnceCell<Option<String>>>,
+    /// The active values of Opportunity's `CurrencyIsoCode` when multiple currencies are on
+    /// (`None`: one corporate currency), read once.
+    currencies: Arc<OnceCell<Option<Vec<String>>>>,
     /// Find-or-create of accounts, one at a time per customer in this process, so concurrent
     /// first syncs for one customer link one account.
     accounts: Arc<std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>>,
@@ -158,6 +161,7 @@ impl SalesforceCrm {
             },
             stages: Arc::default(),
             currency: Arc::default(),
+            currencies: Arc::default(),
             accounts: Arc::default(),
         }
     }
@@ -306,6 +310,35 @@ impl SalesforceCrm {
             })
             .await?;
         Ok(currency.clone())
+    }
+
+    /// The org's active currencies when multiple currencies are on (Opportunity then has a
+    /// `CurrencyIsoCode` picklist); `None` with one corporate currency. Read once per process
+    /// from Opportunity's describe.
+    async fn currencies(&self) -> Result<Option<&[String]>, CrmError> {
+        let currencies = self
+            .currencies
+            .get_or_try_init(|| async {
+                let describe = self
+                    .client
+                    .describe("Opportunity")
+                    .await
+                    .map_err(|e| Self::error(RecordKind::Opportunity, e))?;
+                let field = describe["fields"]
+                    .as_array()
+                    .and_then(|fields| fields.iter().find(|f| f["name"] == "CurrencyIsoCode"));
+                Ok::<_, CrmError>(field.map(|f| {
+                    f["picklistValues"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|v| v["active"] != false)
+                        .filter_map(|v| v["value"].as_str().map(str::to_ascii_uppercase))
+                        .collect()
+                }))
+            })
+            .await?;
+        Ok(currencies.as_deref())
     }
 
     /// The customer's account: found by `Name` and `BillingPostalCode`, else created.
@@ -648,6 +681,23 @@ impl Crm for SalesforceCrm {
                 "the referral has no close date, so the opportunity closes {DEFAULT_CLOSE_DAYS} days from today"
             ));
         }
+        let currency = lookup(referral.document(), "details")
+            .and_then(Value::as_object)
+            .and_then(|d| lookup(d, "currency"))
+            .and_then(Value::as_str)
+            .map(|c| c.trim().to_ascii_uppercase())
+            .filter(|c| !c.is_empty());
+        if let Some(iso) = currency
+            && let Some(active) = self.currencies().await?
+        {
+            if active.contains(&iso) {
+                columns.insert("CurrencyIsoCode".into(), Value::from(iso));
+            } else {
+                prepared.notes.push(format!(
+                    "currency {iso} is not an active currency of this org, so the default currency was used; activate it under Setup > Company Settings > Manage Currencies"
+                ));
+            }
+        }
         if let Some(account) = self.account(referral, &mut prepared.notes).await? {
             columns.insert("AccountId".into(), Value::from(account));
         }
@@ -675,9 +725,15 @@ impl Crm for SalesforceCrm {
 
     async fn share_party(&self, record: &CrmRecord) -> Result<ShareParty, CrmError> {
         let error = |e| Self::error(RecordKind::Opportunity, e);
+        // With multiple currencies on, each opportunity has its own; else the corporate one.
+        let fields: &[&str] = if self.currencies().await?.is_some() {
+            &["AccountId", "CurrencyIsoCode"]
+        } else {
+            &["AccountId"]
+        };
         let row = self
             .client
-            .get_record("Opportunity", &record.id, &["AccountId"])
+            .get_record("Opportunity", &record.id, fields)
             .await
             .map_err(error)?
             .ok_or(CrmError::Gone(RecordKind::Opportunity))?;
@@ -734,7 +790,10 @@ impl Crm for SalesforceCrm {
                 phone: text_of(&contact, "Phone"),
             });
         }
-        party.currency = self.org_currency().await?;
+        party.currency = match text_of(&row, "CurrencyIsoCode") {
+            Some(code) => Some(code),
+            None => self.org_currency().await?,
+        };
         Ok(party)
     }
 

@@ -984,6 +984,32 @@ impl FakeSalesforce {
             .insert((object.to_owned(), field.to_owned()));
     }
 
+    /// Turns on multiple currencies, as Setup > Company Information does: `CurrencyIsoCode` (a
+    /// restricted picklist of `codes`, defaulting to the corporate currency) appears on Lead,
+    /// Opportunity and Account; the first code is the corporate currency.
+    pub fn enable_multi_currency(&self, codes: &[&str]) {
+        let mut s = lock(&self.state);
+        let corporate = codes.first().copied().unwrap_or("USD");
+        for object in ["Lead", "Opportunity", "Account"] {
+            if let Some(def) = s.objects.get_mut(object)
+                && !def.fields.iter().any(|f| f.name == "CurrencyIsoCode")
+            {
+                def.fields.push(
+                    FieldDef::new("CurrencyIsoCode", FieldType::Picklist, 3)
+                        .picklist(codes, true)
+                        .default(json!(corporate)),
+                );
+            }
+        }
+        for record in s.records.values_mut() {
+            if record.object == "Organization" {
+                record
+                    .fields
+                    .insert("DefaultCurrencyIsoCode".into(), json!(corporate));
+            }
+        }
+    }
+
     /// Makes the next `times` creates of `object` with `field = value` lose a race: another writer
     /// creates the record first (it is stored) and this request gets 400 `DUPLICATE_VALUE`.
     /// Deterministic stand-in for two creates within the same instant, which the fake's
