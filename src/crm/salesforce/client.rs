@@ -712,43 +712,23 @@ impl SalesforceClient {
             }
         };
         let grant = self.inner.credential.grant();
-        let failure: Mutex<Option<SalesforceError>> = Mutex::new(None);
-        let result = self
-            .inner
-            .retry
-            .send("Salesforce token", || {
-                let request = self
-                    .inner
-                    .http
-                    .post(url.clone())
-                    .header("Accept", "application/json")
-                    .form(&form);
-                let failure = &failure;
-                async move {
-                    let response = match request.send().await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let error = SalesforceError::Transport(crate::http::describe(&e));
-                            return Err(steer(failure, error, true));
-                        }
-                    };
-                    let status = response.status();
-                    if status.is_success() {
-                        return Ok(response);
-                    }
-                    let content_type = content_type(response.headers());
-                    let body = response.bytes().await.unwrap_or_default();
-                    let error =
-                        SalesforceError::from_token(status, content_type.as_deref(), &body, grant);
-                    Err(steer(failure, error, true))
-                }
-            })
-            .await;
-        let response = result.map_err(|e| take_failure(&failure, e))?;
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| SalesforceError::Transport(crate::http::describe(&e)))?;
+        let answer = self
+            .send(
+                "Salesforce token",
+                || {
+                    self.inner
+                        .http
+                        .post(url.clone())
+                        .header("Accept", "application/json")
+                        .form(&form)
+                },
+                true,
+                |status, content_type, body| {
+                    SalesforceError::from_token(status, content_type, body, grant)
+                },
+            )
+            .await?;
+        let body = answer.body;
         // The body holds the token: never put it into an error.
         let token: TokenBody = serde_json::from_slice(&body).map_err(|_| {
             SalesforceError::Decode("the token endpoint answered with an unexpected body".into())
@@ -822,19 +802,42 @@ impl SalesforceClient {
         repeat: Repeat,
         object: Option<&str>,
     ) -> Result<Answer, SalesforceError> {
-        let idempotent = repeat == Repeat::Idempotent;
+        self.send(
+            what,
+            || {
+                build(
+                    self.inner
+                        .http
+                        .request(method.clone(), url.clone())
+                        .bearer_auth(&token.0),
+                )
+            },
+            repeat == Repeat::Idempotent,
+            |status, content_type, body| {
+                SalesforceError::from_rest(status, content_type, body, object)
+            },
+        )
+        .await
+    }
+
+    /// Sends the request `make` builds, retried by the policy while the failure is worth it
+    /// now (`idempotent` or not), and reads the whole answer. A success (or a 300) is the
+    /// answer; anything else is the error `classify` makes of status, content type and body.
+    /// Every answer's usage header and clock are kept.
+    async fn send(
+        &self,
+        what: &str,
+        make: impl Fn() -> RequestBuilder,
+        idempotent: bool,
+        classify: impl Fn(StatusCode, Option<&str>, &[u8]) -> SalesforceError,
+    ) -> Result<Answer, SalesforceError> {
         let failure: Mutex<Option<SalesforceError>> = Mutex::new(None);
         let result = self
             .inner
             .retry
             .send(what, || {
-                let request = build(
-                    self.inner
-                        .http
-                        .request(method.clone(), url.clone())
-                        .bearer_auth(&token.0),
-                );
-                let failure = &failure;
+                let request = make();
+                let (failure, classify) = (&failure, &classify);
                 async move {
                     let response = match request.send().await {
                         Ok(r) => r,
@@ -850,9 +853,11 @@ impl SalesforceClient {
                     }
                     let content_type = content_type(response.headers());
                     let body = response.bytes().await.unwrap_or_default();
-                    let error =
-                        SalesforceError::from_rest(status, content_type.as_deref(), &body, object);
-                    Err(steer(failure, error, idempotent))
+                    Err(steer(
+                        failure,
+                        classify(status, content_type.as_deref(), &body),
+                        idempotent,
+                    ))
                 }
             })
             .await;
