@@ -629,30 +629,32 @@ impl Crm for SalesforceCrm {
             crm: NAME,
             source: crate::http::CallError::Transport(format!("share claim: {e}")),
         };
-        let won = match storage
-            .blob_text(CLAIM_CONTAINER, &blob)
+        // The first claim of an opportunity creates the blob; only when it exists is it read.
+        let won = storage
+            .create_blob_if_absent(CLAIM_CONTAINER, &blob, claim)
             .await
             .map_err(unavailable)?
-        {
-            None => storage
-                .create_blob_if_absent(CLAIM_CONTAINER, &blob, claim)
+            || match storage
+                .blob_text(CLAIM_CONTAINER, &blob)
                 .await
-                .map_err(unavailable)?,
-            Some(current) => {
-                // The claim this attempt saw (and judged expired), or one whose record write
-                // never landed and whose lease is over: take it over, unless another attempt
-                // replaced it meanwhile.
-                let expired = claimed_at(Some(&Value::from(current.text.as_str())))
-                    .is_none_or(|at| OffsetDateTime::now_utc() - at >= self.claims.lease);
-                match current.etag {
-                    Some(etag) if seen == Some(current.text.as_str()) || expired => storage
-                        .replace_blob_if_unchanged(CLAIM_CONTAINER, &blob, claim, &etag)
-                        .await
-                        .map_err(unavailable)?,
-                    _ => false,
+                .map_err(unavailable)?
+            {
+                None => false,
+                Some(current) => {
+                    // The claim this attempt saw (and judged expired), or one whose record
+                    // write never landed and whose lease is over: take it over, unless another
+                    // attempt replaced it meanwhile.
+                    let expired = claimed_at(Some(&Value::from(current.text.as_str())))
+                        .is_none_or(|at| OffsetDateTime::now_utc() - at >= self.claims.lease);
+                    match current.etag {
+                        Some(etag) if seen == Some(current.text.as_str()) || expired => storage
+                            .replace_blob_if_unchanged(CLAIM_CONTAINER, &blob, claim, &etag)
+                            .await
+                            .map_err(unavailable)?,
+                        _ => false,
+                    }
                 }
-            }
-        };
+            };
         if !won {
             return Err(CrmError::Conflict(RecordKind::Opportunity));
         }
